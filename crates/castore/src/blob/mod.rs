@@ -1,0 +1,89 @@
+//! [`BlobService`]: file contents by BLAKE3 digest.
+//!
+//! A *chunk* is immutable bytes keyed by its BLAKE3; a *blob* is an ordered
+//! list of chunks whose digest is the BLAKE3 of the whole. Reading a chunk
+//! never asks whether it is also a blob.
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncSeek};
+
+use crate::{B3Digest, Result};
+
+mod chunked;
+mod chunker;
+mod reader;
+
+pub use chunked::ChunkedBlobService;
+pub use chunker::Chunker;
+pub use reader::{ChunkFetch, ChunkedReader};
+
+/// One chunk of a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkMeta {
+    pub digest: B3Digest,
+    pub size: u64,
+}
+
+/// A readable, seekable blob.
+pub trait BlobRead: AsyncRead + AsyncSeek + Send + Unpin {}
+impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobRead for T {}
+
+/// A blob opened for reading; seek anywhere, read from there.
+pub type BlobReader = Box<dyn BlobRead>;
+
+/// Stores and serves blobs. Implementations: [`ChunkedBlobService`] over any
+/// [`crate::kv::KvStore`], and the gRPC client in [`crate::grpc`].
+#[async_trait]
+pub trait BlobService: Send + Sync + 'static {
+    /// `None` if absent; otherwise the blob's chunks, empty when it is one
+    /// chunk or no finer chunking is known.
+    async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>>;
+
+    async fn has(&self, digest: &B3Digest) -> Result<bool> {
+        Ok(self.stat(digest).await?.is_some())
+    }
+
+    /// Opens a blob (or a single chunk, by its digest) for reading.
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>>;
+
+    /// Stores everything `reader` yields and returns its digest. With
+    /// `expected`, a stream whose digest differs is refused
+    /// ([`crate::Error::InvalidRequest`]) and the blob does not become visible.
+    async fn put(
+        &self,
+        reader: &mut (dyn AsyncRead + Send + Unpin),
+        expected: Option<&B3Digest>,
+    ) -> Result<B3Digest>;
+
+    /// Stores a blob held in memory.
+    async fn put_bytes(&self, data: Bytes, expected: Option<&B3Digest>) -> Result<B3Digest> {
+        self.put(&mut data.as_ref(), expected).await
+    }
+}
+
+#[async_trait]
+impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
+    async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>> {
+        (**self).stat(digest).await
+    }
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
+        (**self).open_read(digest).await
+    }
+    async fn put(
+        &self,
+        reader: &mut (dyn AsyncRead + Send + Unpin),
+        expected: Option<&B3Digest>,
+    ) -> Result<B3Digest> {
+        (**self).put(reader, expected).await
+    }
+}
+
+/// Refuses a blob whose digest is not the expected one.
+pub(crate) fn check_expected(actual: &B3Digest, expected: Option<&B3Digest>) -> Result<()> {
+    match expected {
+        Some(e) if e != actual => Err(crate::Error::InvalidRequest(format!(
+            "blob digest mismatch: expected {e}, got {actual}"
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,422 @@
+//! Client backends: [`GrpcBlobService`] and [`GrpcDirectoryService`] talk to
+//! any castore server (storefront, tvix/snix daemons) and check what it
+//! sends: every blob and chunk against its BLAKE3, every directory against
+//! its digest and its parent's record.
+use std::{
+    collections::HashMap,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture, stream::BoxStream};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
+use tonic::{Code, transport::Channel};
+
+use super::{Package, PackageRewrite, server::EXPECTED_DIGEST_HEADER};
+use crate::{
+    B3Digest, BlobReader, BlobService, ChunkMeta, Directory, DirectoryService, Error, Result,
+    blob::{ChunkFetch, ChunkedReader, check_expected},
+    dirsvc::MAX_CLOSURE_BYTES,
+    proto::{self, blob_service_client::BlobServiceClient, directory_service_client::DirectoryServiceClient},
+};
+
+/// The transport clients use: a channel speaking the chosen package.
+pub type Transport = PackageRewrite<Channel>;
+
+/// Largest message accepted from a server.
+const MAX_MESSAGE: usize = 64 << 20;
+/// Size of the BlobChunks we upload.
+const PUT_CHUNK_SIZE: usize = 1 << 20;
+
+/// Opens a (lazy) channel for `grpc+http://host:port`, `grpc+https://…` or
+/// `grpc+unix:/abs/path.sock`. `?package=tvix` speaks the tvix package names
+/// (default: snix).
+pub fn connect(url: &url::Url) -> Result<Transport> {
+    let package = match url.query_pairs().find(|(k, _)| k == "package").map(|(_, v)| v.into_owned()) {
+        None => Package::Snix,
+        Some(p) if p == "snix" => Package::Snix,
+        Some(p) if p == "tvix" => Package::Tvix,
+        Some(p) => return Err(Error::InvalidRequest(format!("unknown package {p:?}: use snix or tvix"))),
+    };
+    let bad = |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("{url}: {e}"));
+    let channel = match url.scheme() {
+        "grpc+unix" => {
+            let path = url.path().to_owned();
+            if path.is_empty() {
+                return Err(bad(&"needs a socket path"));
+            }
+            tonic::transport::Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(
+                tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                }),
+            )
+        }
+        scheme @ ("grpc+http" | "grpc+https") => {
+            let host = url.host_str().ok_or_else(|| bad(&"needs a host"))?;
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let target = format!("{}://{host}{port}", &scheme[5..]);
+            let mut endpoint = tonic::transport::Endpoint::from_shared(target).map_err(|e| bad(&e))?.tcp_nodelay(true);
+            if scheme == "grpc+https" {
+                let tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+                endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
+            }
+            endpoint.connect_lazy()
+        }
+        other => return Err(bad(&format!("not a gRPC scheme: {other}"))),
+    };
+    Ok(PackageRewrite::speak(channel, package))
+}
+
+fn not_found<T>(r: Result<T, tonic::Status>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(s.into()),
+    }
+}
+
+/// A [`BlobService`] on a remote castore server.
+#[derive(Clone)]
+pub struct GrpcBlobService {
+    client: BlobServiceClient<Transport>,
+}
+
+impl GrpcBlobService {
+    pub fn new(transport: Transport) -> Self {
+        let client = BlobServiceClient::new(transport).max_decoding_message_size(MAX_MESSAGE);
+        Self { client }
+    }
+
+    /// Reads a whole blob or chunk that the caller expects to be `digest`.
+    async fn read_verified(mut client: BlobServiceClient<Transport>, digest: B3Digest) -> Result<Bytes> {
+        let mut stream = client
+            .read(proto::ReadBlobRequest { digest: digest.to_bytes() })
+            .await
+            .map_err(|s| match s.code() {
+                Code::NotFound => Error::Storage(format!("chunk {digest} is missing on the server")),
+                _ => s.into(),
+            })?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            data.extend_from_slice(&msg.data);
+        }
+        let actual = B3Digest::of(&data);
+        if actual != digest {
+            return Err(Error::Storage(format!("server sent {actual} for chunk {digest}")));
+        }
+        Ok(data.into())
+    }
+}
+
+#[async_trait]
+impl BlobService for GrpcBlobService {
+    async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>> {
+        let req = proto::StatBlobRequest { digest: digest.to_bytes(), send_chunks: true, send_bao: false };
+        let Some(resp) = not_found(self.client.clone().stat(req).await)? else {
+            return Ok(None);
+        };
+        let chunks = resp
+            .into_inner()
+            .chunks
+            .into_iter()
+            .map(|c| {
+                let digest = B3Digest::try_from(&c.digest).map_err(|e| Error::Storage(format!("server sent a bad chunk digest: {e}")))?;
+                Ok(ChunkMeta { digest, size: c.size })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(chunks))
+    }
+
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
+        let Some(chunks) = self.stat(digest).await? else {
+            return Ok(None);
+        };
+        if !chunks.is_empty() {
+            let client = self.client.clone();
+            let fetch: ChunkFetch = Arc::new(move |d| Self::read_verified(client.clone(), d).boxed());
+            return Ok(Some(Box::new(ChunkedReader::new(chunks, fetch))));
+        }
+        Ok(Some(Box::new(StreamingReader::new(self.client.clone(), *digest))))
+    }
+
+    async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::BlobChunk>(4);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(e) = expected {
+            req.metadata_mut().insert(EXPECTED_DIGEST_HEADER, e.to_string().parse().expect("ascii"));
+        }
+        let mut client = self.client.clone();
+        let call = client.put(req);
+        let feed = async move {
+            let mut hasher = blake3::Hasher::new();
+            loop {
+                let mut buf = Vec::with_capacity(PUT_CHUNK_SIZE);
+                let n = (&mut *reader).take(PUT_CHUNK_SIZE as u64).read_to_end(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, Error>(B3Digest::from(hasher.finalize()));
+                }
+                hasher.update(&buf);
+                if tx.send(proto::BlobChunk { data: buf.into() }).await.is_err() {
+                    // The call ended early; its status says why.
+                    return Ok(B3Digest::from(hasher.finalize()));
+                }
+            }
+        };
+        let (resp, local) = tokio::join!(call, feed);
+        let local = local?;
+        let remote = B3Digest::try_from(&resp?.into_inner().digest).map_err(|e| Error::Storage(format!("server sent a bad digest: {e}")))?;
+        if remote != local {
+            return Err(Error::Storage(format!("server stored {remote}, but we sent {local}")));
+        }
+        check_expected(&local, expected)?;
+        Ok(local)
+    }
+}
+
+type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+enum ReadState {
+    Idle,
+    Opening(BoxFuture<'static, io::Result<ByteStream>>),
+    Streaming(ByteStream),
+}
+
+/// Reads a blob the server keeps unchunked, as one stream. Seeking forward
+/// skips; seeking backward reopens the stream. A read from start to end is
+/// checked against the digest.
+struct StreamingReader {
+    client: BlobServiceClient<Transport>,
+    digest: B3Digest,
+    state: ReadState,
+    /// Position of the next byte returned.
+    pos: u64,
+    /// Position of the next byte the stream yields (`current` ends here).
+    stream_pos: u64,
+    current: Bytes,
+    /// Hash of everything streamed so far, while the read is contiguous from 0.
+    hasher: Option<blake3::Hasher>,
+}
+
+impl StreamingReader {
+    fn new(client: BlobServiceClient<Transport>, digest: B3Digest) -> Self {
+        Self { client, digest, state: ReadState::Idle, pos: 0, stream_pos: 0, current: Bytes::new(), hasher: None }
+    }
+
+    fn open(&self) -> BoxFuture<'static, io::Result<ByteStream>> {
+        let mut client = self.client.clone();
+        let digest = self.digest;
+        async move {
+            let stream = client
+                .read(proto::ReadBlobRequest { digest: digest.to_bytes() })
+                .await
+                .map_err(|s| io::Error::from(Error::from(s)))?
+                .into_inner();
+            Ok(stream.map_ok(|c| c.data).map_err(|s| io::Error::from(Error::from(s))).boxed())
+        }
+        .boxed()
+    }
+}
+
+impl AsyncRead for StreamingReader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.current.is_empty() {
+                let n = buf.remaining().min(this.current.len());
+                buf.put_slice(&this.current[..n]);
+                this.current.advance(n);
+                this.pos += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            match &mut this.state {
+                ReadState::Idle => {
+                    this.stream_pos = 0;
+                    this.hasher = Some(blake3::Hasher::new());
+                    this.state = ReadState::Opening(this.open());
+                }
+                ReadState::Opening(f) => {
+                    let stream = ready!(f.poll_unpin(cx));
+                    this.state = match stream {
+                        Ok(s) => ReadState::Streaming(s),
+                        Err(e) => {
+                            this.state = ReadState::Idle;
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                }
+                ReadState::Streaming(s) => match ready!(s.poll_next_unpin(cx)) {
+                    Some(Ok(data)) => {
+                        if let Some(h) = &mut this.hasher {
+                            h.update(&data);
+                        }
+                        let start = this.stream_pos;
+                        this.stream_pos += data.len() as u64;
+                        if this.stream_pos > this.pos {
+                            this.current = data.slice((this.pos - start) as usize..);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        this.state = ReadState::Idle;
+                        return Poll::Ready(Err(e));
+                    }
+                    None => {
+                        if let Some(h) = this.hasher.take() {
+                            let actual = B3Digest::from(h.finalize());
+                            if actual != this.digest {
+                                let msg = format!("server sent {actual} for blob {}", this.digest);
+                                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, msg)));
+                            }
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl AsyncSeek for StreamingReader {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let this = self.get_mut();
+        let target = match position {
+            io::SeekFrom::Start(n) => n,
+            io::SeekFrom::Current(d) => this
+                .pos
+                .checked_add_signed(d)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?,
+            io::SeekFrom::End(_) => {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, "the server did not say how long this blob is"));
+            }
+        };
+        if target >= this.pos && target <= this.stream_pos {
+            this.current.advance((target - this.pos) as usize);
+        } else if target > this.stream_pos {
+            this.current = Bytes::new();
+        } else {
+            this.current = Bytes::new();
+            this.state = ReadState::Idle;
+        }
+        if target != this.pos {
+            this.hasher = None;
+        }
+        this.pos = target;
+        Ok(())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.pos))
+    }
+}
+
+/// A [`DirectoryService`] on a remote castore server.
+#[derive(Clone)]
+pub struct GrpcDirectoryService {
+    client: DirectoryServiceClient<Transport>,
+}
+
+impl GrpcDirectoryService {
+    pub fn new(transport: Transport) -> Self {
+        let client = DirectoryServiceClient::new(transport)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Self { client }
+    }
+}
+
+fn received(msg: proto::Directory) -> Result<Directory> {
+    Directory::try_from(msg).map_err(|e| Error::Storage(format!("server sent an invalid directory: {e}")))
+}
+
+#[async_trait]
+impl DirectoryService for GrpcDirectoryService {
+    async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>> {
+        let req = proto::GetDirectoryRequest {
+            by_what: Some(proto::get_directory_request::ByWhat::Digest(digest.to_bytes())),
+            recursive: false,
+        };
+        let Some(resp) = not_found(self.client.clone().get(req).await)? else {
+            return Ok(None);
+        };
+        let Some(msg) = resp.into_inner().message().await? else {
+            return Ok(None);
+        };
+        let dir = received(msg)?;
+        if dir.digest() != *digest {
+            return Err(Error::Storage(format!("server sent {} for directory {digest}", dir.digest())));
+        }
+        Ok(Some(dir))
+    }
+
+    fn get_recursive(&self, root: &B3Digest) -> BoxStream<'static, Result<Directory>> {
+        let mut client = self.client.clone();
+        let root = *root;
+        crate::dirsvc::async_stream(move |tx| async move {
+            let req = proto::GetDirectoryRequest {
+                by_what: Some(proto::get_directory_request::ByWhat::Digest(root.to_bytes())),
+                recursive: true,
+            };
+            let not_found = || Error::NotFound(format!("directory {root} not found"));
+            let mut stream = not_found_stream(client.get(req).await)?.ok_or_else(not_found)?;
+            // Digests announced by a received parent, with the size it recorded.
+            let mut expected: HashMap<B3Digest, u64> = HashMap::new();
+            let mut first = true;
+            while let Some(msg) = stream.message().await? {
+                let dir = received(msg)?;
+                let digest = dir.digest();
+                if first {
+                    if digest != root {
+                        return Err(Error::Storage(format!("server sent {digest} as root {root}")));
+                    }
+                } else {
+                    let size = expected.remove(&digest).ok_or_else(|| {
+                        Error::Storage(format!("server sent directory {digest}, which no earlier directory refers to"))
+                    })?;
+                    if !dir.size_matches(size) {
+                        return Err(Error::Storage(format!("directory {digest} does not fit its recorded size {size}")));
+                    }
+                }
+                first = false;
+                for (_, child, size) in dir.directories() {
+                    expected.insert(child, size);
+                }
+                if tx.send(Ok(dir)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if first {
+                return Err(not_found());
+            }
+            if let Some(missing) = expected.keys().next() {
+                return Err(Error::Storage(format!("server omitted directory {missing} below {root}")));
+            }
+            Ok(())
+        })
+        .boxed()
+    }
+
+    async fn put_closure(&self, dirs: Vec<Directory>) -> Result<B3Digest> {
+        let root = dirs.last().map(Directory::digest).ok_or_else(|| Error::InvalidRequest("empty directory closure".into()))?;
+        let total: usize = dirs.iter().map(|d| d.encode().len()).sum();
+        if total > MAX_CLOSURE_BYTES {
+            return Err(Error::TooLarge(format!("directory closure exceeds {MAX_CLOSURE_BYTES} bytes")));
+        }
+        let stream = futures::stream::iter(dirs.into_iter().map(|d| d.to_proto()));
+        let resp = self.client.clone().put(stream).await?.into_inner();
+        let got = B3Digest::try_from(&resp.root_digest).map_err(|e| Error::Storage(format!("server sent a bad root digest: {e}")))?;
+        if got != root {
+            return Err(Error::Storage(format!("server answered root {got}, we sent {root}")));
+        }
+        Ok(root)
+    }
+}
+
+fn not_found_stream<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<Option<T>> {
+    Ok(not_found(r)?.map(tonic::Response::into_inner))
+}

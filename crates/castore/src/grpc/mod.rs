@@ -1,0 +1,81 @@
+//! The castore gRPC protocol: server, client backends, and the two package
+//! names (`snix.*` and `tvix.*`) it is spoken under.
+//!
+//! Rust code exists once (snix); tvix method paths differ only in the
+//! package prefix, so [`PackageRewrite`] maps one onto the other: a server
+//! wraps its routes to answer both, a client wraps its channel to speak tvix.
+use std::task::{Context, Poll};
+
+mod client;
+mod server;
+
+pub use client::{GrpcBlobService, GrpcDirectoryService, connect};
+pub use server::{BlobServer, DirectoryServer, blob_service_server, directory_service_server};
+
+/// Which generation of the protocol's package names to speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Package {
+    /// `snix.castore.v1`, `snix.store.v1` (the maintained fork).
+    #[default]
+    Snix,
+    /// `tvix.castore.v1`, `tvix.store.v1`.
+    Tvix,
+}
+
+/// gRPC service names registered for health checks, under both packages.
+pub const SERVICE_NAMES: [&str; 4] = [
+    "snix.castore.v1.BlobService",
+    "snix.castore.v1.DirectoryService",
+    "tvix.castore.v1.BlobService",
+    "tvix.castore.v1.DirectoryService",
+];
+
+/// Rewrites the package prefix of request paths (`/tvix.` ⇄ `/snix.`).
+#[derive(Clone, Debug)]
+pub struct PackageRewrite<S> {
+    inner: S,
+    from: &'static str,
+    to: &'static str,
+}
+
+impl<S> PackageRewrite<S> {
+    /// For a server whose routes speak snix: answers tvix paths too.
+    pub fn accept_tvix(inner: S) -> Self {
+        Self { inner, from: "/tvix.", to: "/snix." }
+    }
+
+    /// For a client: sends snix-generated calls under `package`.
+    pub fn speak(inner: S, package: Package) -> Self {
+        match package {
+            Package::Snix => Self { inner, from: "/snix.", to: "/snix." },
+            Package::Tvix => Self { inner, from: "/snix.", to: "/tvix." },
+        }
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for PackageRewrite<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if self.from != self.to
+            && let Some(rest) = req.uri().path().strip_prefix(self.from)
+        {
+            let path = format!("{}{rest}", self.to);
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = path.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        self.inner.call(req)
+    }
+}

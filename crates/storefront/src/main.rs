@@ -1,0 +1,35 @@
+//! `storefront`: the command-line entry point. It parses flags, loads the
+//! configuration and wires crates together; protocol logic lives in them.
+use clap::{Parser, Subcommand};
+
+mod config;
+mod serve;
+
+#[derive(Parser)]
+#[command(name = "storefront", version, about = "Serve Nix store paths from one content-addressed copy")]
+struct Cli {
+    /// Log filter, e.g. `info` or `storefront=debug,castore=debug`.
+    #[arg(long, env = "STOREFRONT_LOG", default_value = "info", global = true)]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (tvix/snix castore) and HTTP on one address.
+    Serve(config::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args.resolve()?)),
+    }
+}
