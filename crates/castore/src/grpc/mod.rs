@@ -10,7 +10,7 @@ mod client;
 mod server;
 
 pub use client::{GrpcBlobService, GrpcDirectoryService, connect};
-pub use server::{BlobServer, DirectoryServer, blob_service_server, directory_service_server};
+pub use server::{BlobServer, DirectoryServer, EXPECTED_DIGEST_HEADER, blob_service_server, directory_service_server};
 
 /// Which generation of the protocol's package names to speak.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
