@@ -204,8 +204,8 @@ impl Directory {
         self.entries.iter()
     }
 
-    pub fn get(&self, name: &[u8]) -> Option<&Node> {
-        self.entries.iter().find(|(n, _)| n.as_bytes() == name).map(|(_, node)| node)
+    pub fn get(&self, name: &Name) -> Option<&Node> {
+        self.entries.get(name)
     }
 
     pub fn len(&self) -> usize {

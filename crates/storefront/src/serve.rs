@@ -22,7 +22,7 @@ use crate::config::ServeConfig;
 /// How long open connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
+async fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
     let blobs = castore::blob_service_from_url(&cfg.blob_service_addr)
         .with_context(|| format!("opening blob service {}", cfg.blob_service_addr))?;
     let directories = castore::directory_service_from_url(&cfg.directory_service_addr)
@@ -42,11 +42,9 @@ fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    tokio::spawn(async move {
-        for name in castore::grpc::SERVICE_NAMES {
-            health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
-        }
-    });
+    for name in castore::grpc::SERVICE_NAMES {
+        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
     Ok(routes.routes().into_axum_router())
 }
 
@@ -62,7 +60,7 @@ fn is_grpc(req: &http::Request<hyper::body::Incoming>) -> bool {
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data directory {}", cfg.data.display()))?;
-    let grpc = PackageRewrite::accept_tvix(grpc_router(&cfg)?);
+    let grpc = PackageRewrite::accept_tvix(grpc_router(&cfg).await?);
     let http = http_router();
     let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let grpc = grpc.clone();
@@ -73,6 +71,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     });
 
+    // Before the port opens: whoever sees us listening may signal us.
+    let mut shutdown = std::pin::pin!(shutdown_signal()?);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -87,13 +87,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
+        // keep_alive_interval needs a timer: without one hyper panics on
+        // every HTTP/2 (so every gRPC) connection.
+        .timer(hyper_util::rt::TokioTimer::new())
         .adaptive_window(true)
         .max_frame_size(1 << 20)
         .max_concurrent_streams(1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -128,12 +130,16 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (until then a signal would
+/// kill the process outright) and returns a future that ends on either.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+    })
 }

@@ -364,8 +364,13 @@ impl DirectoryService for GrpcDirectoryService {
             };
             let not_found = || Error::NotFound(format!("directory {root} not found"));
             let mut stream = not_found_stream(client.get(req).await)?.ok_or_else(not_found)?;
-            // Digests announced by a received parent, with the size it recorded.
-            let mut expected: HashMap<B3Digest, u64> = HashMap::new();
+            // Digests announced by a received parent and not received yet,
+            // with every size a parent recorded for them.
+            let mut expected: HashMap<B3Digest, Vec<u64>> = HashMap::new();
+            // Directories received so far, with their sizes under both
+            // formulas: a shared directory is sent once, but parents that
+            // arrive after it still refer to it.
+            let mut seen: HashMap<B3Digest, (u64, u64)> = HashMap::new();
             let mut first = true;
             while let Some(msg) = stream.message().await? {
                 let dir = received(msg)?;
@@ -375,16 +380,27 @@ impl DirectoryService for GrpcDirectoryService {
                         return Err(Error::Storage(format!("server sent {digest} as root {root}")));
                     }
                 } else {
-                    let size = expected.remove(&digest).ok_or_else(|| {
-                        Error::Storage(format!("server sent directory {digest}, which no earlier directory refers to"))
+                    let sizes = expected.remove(&digest).ok_or_else(|| {
+                        Error::Storage(format!(
+                            "server sent directory {digest}, which no earlier directory refers to (or sent it twice)"
+                        ))
                     })?;
-                    if !dir.size_matches(size) {
+                    if let Some(size) = sizes.into_iter().find(|&s| !dir.size_matches(s)) {
                         return Err(Error::Storage(format!("directory {digest} does not fit its recorded size {size}")));
                     }
                 }
                 first = false;
+                seen.insert(digest, (dir.size(), dir.size_documented()));
                 for (_, child, size) in dir.directories() {
-                    expected.insert(child, size);
+                    match seen.get(&child) {
+                        Some(&(deployed, documented)) if size != deployed && size != documented => {
+                            return Err(Error::Storage(format!(
+                                "directory {digest} records size {size} for {child}, which does not fit it"
+                            )));
+                        }
+                        Some(_) => {}
+                        None => expected.entry(child).or_default().push(size),
+                    }
                 }
                 if tx.send(Ok(dir)).await.is_err() {
                     return Ok(());

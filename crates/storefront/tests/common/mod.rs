@@ -1,0 +1,368 @@
+//! Shared helpers for the `storefront` integration tests: a real server
+//! process on a loopback port, a deterministic PRNG, and small gRPC helpers.
+#![allow(dead_code)]
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt::Debug,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use castore::{B3Digest, Directory, Name, Node, proto};
+use tempfile::TempDir;
+use tonic::{Code, Status};
+
+/// How long a server gets to answer `/healthz` after it was spawned.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Guard against a hang after SIGTERM (the server drains for at most 30 s).
+const EXIT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A running `storefront serve` process, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    data: PathBuf,
+    log: PathBuf,
+    /// Holds the log file, and the data directory unless the caller owns it.
+    _scratch: TempDir,
+}
+
+impl Server {
+    /// A server on a fresh, temporary data directory.
+    pub fn start() -> Server {
+        Self::start_with(None, &[])
+    }
+
+    /// A server on a fresh data directory with extra `serve` flags.
+    pub fn start_args(extra: &[&str]) -> Server {
+        Self::start_with(None, extra)
+    }
+
+    /// A server on the caller's data directory (which outlives the server).
+    pub fn start_in(data: &Path) -> Server {
+        Self::start_with(Some(data), &[])
+    }
+
+    /// A server on the caller's data directory with extra `serve` flags.
+    pub fn start_with_data_args(data: &Path, extra: &[&str]) -> Server {
+        Self::start_with(Some(data), extra)
+    }
+
+    fn start_with(data: Option<&Path>, extra: &[&str]) -> Server {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let data = data.map(Path::to_path_buf).unwrap_or_else(|| scratch.path().join("data"));
+        let log = scratch.path().join("server.log");
+        let mut last_log = String::new();
+        // The free port we picked may be taken by someone else before the
+        // server binds it; then try another one.
+        for _attempt in 0..5 {
+            let addr = free_port();
+            let log_file = std::fs::File::create(&log).expect("log file");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_storefront"))
+                .arg("serve")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--data")
+                .arg(&data)
+                .args(extra)
+                .env("STOREFRONT_LOG", "info,castore=debug")
+                .env("NO_COLOR", "1")
+                .env_remove("BLOB_SERVICE_ADDR")
+                .env_remove("DIRECTORY_SERVICE_ADDR")
+                .env_remove("STOREFRONT_CONFIG")
+                .env_remove("STOREFRONT_LISTEN")
+                .env_remove("STOREFRONT_DATA")
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("spawning the storefront binary");
+            let deadline = Instant::now() + STARTUP_DEADLINE;
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    if last_log.contains("Address already in use") || last_log.contains("AddrInUse") {
+                        break; // next attempt, another port
+                    }
+                    panic!("storefront exited during start-up with {status}; its log:\n{last_log}");
+                }
+                if let Ok((200, _)) = http_get(addr, "/healthz") {
+                    return Server { child: Some(child), addr, data, log, _scratch: scratch };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("storefront did not answer /healthz on {addr} within {STARTUP_DEADLINE:?}; its log:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start storefront on a free port; last log:\n{last_log}");
+    }
+
+    /// `grpc+http://127.0.0.1:PORT`, for our client backends.
+    pub fn url(&self) -> String {
+        format!("grpc+http://{}", self.addr)
+    }
+
+    /// The URL for a package: `snix` (also the default) or `tvix`.
+    pub fn url_for(&self, package: &str) -> String {
+        match package {
+            "snix" => self.url(),
+            other => format!("{}?package={other}", self.url()),
+        }
+    }
+
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("server running").id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit().await
+    }
+
+    /// Sends `signal` to the server process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({signal}): {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the process to exit (after a signal).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = child.id() as i32;
+        // Wait off the async workers, so client connections in this process
+        // keep answering the server's graceful-shutdown handshake.
+        let wait = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(EXIT_DEADLINE, wait).await {
+            Ok(status) => status.expect("join").expect("wait"),
+            Err(_) => {
+                // SAFETY: as above; the waiting thread reaps it.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("storefront did not exit within {EXIT_DEADLINE:?}; its log:\n{}", self.log());
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- storefront log ({}) ---\n{}--- end of log ---", self.addr, self.log());
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local addr")
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}"));
+    let status_line = text.lines().next().ok_or_else(bad)?;
+    let mut parts = status_line.split(' ');
+    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(bad());
+    }
+    let code = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// A whole blob (or chunk) read through a [`castore::BlobService`].
+pub async fn read_all(blobs: &dyn castore::BlobService, digest: &B3Digest) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = blobs.open_read(digest).await.expect("open_read").unwrap_or_else(|| panic!("{digest} is missing"));
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.expect("read_to_end");
+    out
+}
+
+/// The gRPC status a call or stream ended with, or its messages.
+pub async fn collect<T>(resp: Result<tonic::Response<tonic::Streaming<T>>, Status>) -> Result<Vec<T>, Status> {
+    let mut stream = resp?.into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// Asserts that `result` failed with `code`, and returns the status.
+#[track_caller]
+pub fn expect_code<T: Debug>(result: Result<T, Status>, code: Code, what: &str) -> Status {
+    match result {
+        Ok(v) => panic!("{what}: expected {code:?}, but the call succeeded with {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{what}: wrong status code; message: {:?}", s.message());
+            s
+        }
+    }
+}
+
+/// Asserts the status message mentions `needle` (case-insensitive).
+#[track_caller]
+pub fn expect_message(status: &Status, needle: &str, what: &str) {
+    assert!(
+        status.message().to_lowercase().contains(&needle.to_lowercase()),
+        "{what}: message {:?} does not mention {needle:?}",
+        status.message()
+    );
+}
+
+/// The digest of a Directory message as sent (BLAKE3 of its encoding).
+pub fn proto_digest(msg: &proto::Directory) -> B3Digest {
+    B3Digest::of(&prost::Message::encode_to_vec(msg))
+}
+
+pub fn name(s: &str) -> Name {
+    Name::new(Bytes::copy_from_slice(s.as_bytes())).expect("valid name")
+}
+
+pub fn file_node(contents: &[u8]) -> Node {
+    Node::File { digest: B3Digest::of(contents), size: contents.len() as u64, executable: false }
+}
+
+/// An entry pointing at `child`, with the size of the deployed formula.
+pub fn dir_node(child: &Directory) -> Node {
+    Node::Directory { digest: child.digest(), size: child.size() }
+}
+
+pub fn dir(entries: Vec<(&str, Node)>) -> Directory {
+    let mut d = Directory::default();
+    for (n, node) in entries {
+        d.add(name(n), node).expect("valid entry");
+    }
+    d
+}
+
+/// A multi-level tree with shared subdirectories, leaves first, root last.
+/// `tag` makes every directory (and so every digest) unique to a caller.
+///
+/// ```text
+/// root ── m1 → mid1 ── deep → deep ── la → leaf_a
+///       │             │             └ lb → leaf_b
+///       │             └ la → leaf_a
+///       ├ m2 → mid2 ── lb → leaf_b
+///       ├ shared → leaf_a
+///       ├ readme (file), link (symlink)
+/// ```
+pub fn sample_tree(tag: &str) -> Vec<Directory> {
+    let leaf_a = dir(vec![
+        (&format!("a-{tag}"), file_node(format!("contents of a {tag}").as_bytes())),
+        ("ln", Node::Symlink { target: "../somewhere".into() }),
+    ]);
+    let leaf_b = dir(vec![(
+        &format!("b-{tag}"),
+        Node::File { digest: B3Digest::of(tag.as_bytes()), size: tag.len() as u64, executable: true },
+    )]);
+    let deep = dir(vec![("la", dir_node(&leaf_a)), ("lb", dir_node(&leaf_b))]);
+    let mid1 = dir(vec![("deep", dir_node(&deep)), ("f", file_node(b"f")), ("la", dir_node(&leaf_a))]);
+    let mid2 = dir(vec![("lb", dir_node(&leaf_b))]);
+    let root = dir(vec![
+        ("link", Node::Symlink { target: "m1/deep".into() }),
+        ("m1", dir_node(&mid1)),
+        ("m2", dir_node(&mid2)),
+        ("readme", file_node(b"hello\n")),
+        ("shared", dir_node(&leaf_a)),
+    ]);
+    vec![leaf_a, leaf_b, deep, mid1, mid2, root]
+}
+
+/// Checks that `got` is a recursive Get answer for the closure `all` rooted
+/// at `root`: root first, every directory of the closure exactly once,
+/// each after a directory that refers to it, in breadth-first order (the
+/// distance from the root never decreases).
+#[track_caller]
+pub fn assert_bfs(got: &[Directory], all: &[Directory], root: &B3Digest) {
+    let by_digest: HashMap<B3Digest, &Directory> = all.iter().map(|d| (d.digest(), d)).collect();
+    let mut depth = HashMap::from([(*root, 0usize)]);
+    let mut queue = VecDeque::from([*root]);
+    while let Some(d) = queue.pop_front() {
+        let here = depth[&d];
+        for (_, child, _) in by_digest[&d].directories() {
+            if let std::collections::hash_map::Entry::Vacant(e) = depth.entry(child) {
+                e.insert(here + 1);
+                queue.push_back(child);
+            }
+        }
+    }
+    let digests: Vec<B3Digest> = got.iter().map(Directory::digest).collect();
+    assert_eq!(digests.first(), Some(root), "the root must come first; got {digests:?}");
+    let unique: HashSet<_> = digests.iter().copied().collect();
+    assert_eq!(unique.len(), digests.len(), "a directory was sent twice: {digests:?}");
+    let expected: HashSet<_> = depth.keys().copied().collect();
+    assert_eq!(unique, expected, "recursive Get sent a different set of directories");
+    let mut announced = HashSet::from([*root]);
+    let mut last_depth = 0;
+    for (i, got_dir) in got.iter().enumerate() {
+        let d = digests[i];
+        assert!(announced.contains(&d), "directory #{i} {d} came before any directory referring to it");
+        assert!(depth[&d] >= last_depth, "directory #{i} {d} breaks breadth-first order: {digests:?}");
+        last_depth = depth[&d];
+        assert_eq!(got_dir, by_digest[&d], "directory #{i} differs from what was put");
+        announced.extend(got_dir.directories().map(|(_, c, _)| c));
+    }
+}

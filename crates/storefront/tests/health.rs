@@ -1,0 +1,53 @@
+//! gRPC health checking and plain HTTP on the one listener.
+mod common;
+
+use common::*;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_http_on_one_port() {
+    let server = Server::start();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let check = |service: &str| HealthCheckRequest { service: service.to_owned() };
+
+    for service in ["snix.castore.v1.BlobService", "tvix.castore.v1.DirectoryService"]
+        .into_iter()
+        .chain(castore::grpc::SERVICE_NAMES)
+    {
+        let resp = health.check(check(service)).await.unwrap_or_else(|s| panic!("Check {service}: {s:?}")).into_inner();
+        assert_eq!(resp.status(), ServingStatus::Serving, "{service} should be SERVING");
+    }
+    expect_code(
+        health.check(check("nix.castore.v1.NoSuchService")).await,
+        tonic::Code::NotFound,
+        "Check of an unknown service",
+    );
+
+    // Plain HTTP/1.1 on the same port.
+    let (code, body) = tokio::task::spawn_blocking({
+        let addr = server.addr;
+        move || http_get(addr, "/healthz")
+    })
+    .await
+    .unwrap()
+    .expect("GET /healthz");
+    assert_eq!(code, 200, "GET /healthz: {body:?}");
+    assert!(body.contains("ok"), "GET /healthz body: {body:?}");
+    let (code, _) = tokio::task::spawn_blocking({
+        let addr = server.addr;
+        move || http_get(addr, "/no-such-page")
+    })
+    .await
+    .unwrap()
+    .expect("GET /no-such-page");
+    assert_eq!(code, 404, "an unknown HTTP path is 404");
+
+    // gRPC still works on the same port after the HTTP requests.
+    let resp = health.check(check("snix.castore.v1.DirectoryService")).await.expect("check after HTTP");
+    assert_eq!(resp.into_inner().status(), ServingStatus::Serving);
+}
