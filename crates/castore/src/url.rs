@@ -32,26 +32,76 @@ fn kv(url: &url::Url) -> Result<Option<Arc<dyn KvStore>>> {
     })
 }
 
-/// Opens a [`BlobService`] from an address such as `redb:/var/lib/storefront/castore.redb`.
-pub fn blob_service_from_url(addr: &str) -> Result<Arc<dyn BlobService>> {
+/// Opens a local engine or a gRPC transport for `addr`, then builds the
+/// service with `local` or `remote`.
+fn open<T: ?Sized>(
+    addr: &str,
+    what: &str,
+    local: impl FnOnce(Arc<dyn KvStore>) -> Arc<T>,
+    remote: impl FnOnce(grpc::Transport) -> Arc<T>,
+) -> Result<Arc<T>> {
     let url = parse(addr)?;
     if let Some(kv) = kv(&url)? {
-        return Ok(Arc::new(ChunkedBlobService::new(kv)));
+        return Ok(local(kv));
     }
     if url.scheme().starts_with("grpc+") {
-        return Ok(Arc::new(GrpcBlobService::new(grpc::connect(&url)?)));
+        return Ok(remote(grpc::connect(&url)?));
     }
-    Err(Error::InvalidRequest(format!("unknown blob service address {addr:?}; use {FORMS}")))
+    Err(Error::InvalidRequest(format!("unknown {what} service address {addr:?}; use {FORMS}")))
+}
+
+/// Opens a [`BlobService`] from an address such as `redb:/var/lib/storefront/castore.redb`.
+pub fn blob_service_from_url(addr: &str) -> Result<Arc<dyn BlobService>> {
+    open::<dyn BlobService>(
+        addr,
+        "blob",
+        |kv| Arc::new(ChunkedBlobService::new(kv)),
+        |t| Arc::new(GrpcBlobService::new(t)),
+    )
 }
 
 /// Opens a [`DirectoryService`] from an address such as `grpc+unix:/run/storefront.sock`.
 pub fn directory_service_from_url(addr: &str) -> Result<Arc<dyn DirectoryService>> {
-    let url = parse(addr)?;
-    if let Some(kv) = kv(&url)? {
-        return Ok(Arc::new(KvDirectoryService::new(kv)));
+    open::<dyn DirectoryService>(
+        addr,
+        "directory",
+        |kv| Arc::new(KvDirectoryService::new(kv)),
+        |t| Arc::new(GrpcDirectoryService::new(t)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(addr: &str, needle: &str) {
+        match blob_service_from_url(addr) {
+            Err(Error::InvalidRequest(msg)) => assert!(msg.contains(needle), "{addr}: {msg}"),
+            Err(e) => panic!("{addr}: unexpected error {e}"),
+            Ok(_) => panic!("{addr} was accepted"),
+        }
     }
-    if url.scheme().starts_with("grpc+") {
-        return Ok(Arc::new(GrpcDirectoryService::new(grpc::connect(&url)?)));
+
+    #[tokio::test]
+    async fn addresses_are_checked() {
+        refused("nonsense", "invalid service address");
+        refused("s3://bucket", "unknown blob service address");
+        refused("grpc+http://127.0.0.1:1?package=nix", "unknown package");
+        refused("grpc+ftp://host", "not a gRPC scheme");
+        assert!(blob_service_from_url("memory:").is_ok());
+        assert!(directory_service_from_url("redb+memory:").is_ok());
+        assert!(directory_service_from_url("grpc+http://127.0.0.1:1?package=tvix").is_ok());
+        assert!(blob_service_from_url("grpc+unix:/run/castore.sock").is_ok());
     }
-    Err(Error::InvalidRequest(format!("unknown directory service address {addr:?}; use {FORMS}")))
+
+    #[tokio::test]
+    async fn one_redb_file_is_shared_by_both_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("redb:{}", dir.path().join("castore.redb").display());
+        let blobs = blob_service_from_url(&addr).unwrap();
+        let dirs = directory_service_from_url(&addr).unwrap();
+        let digest = blobs.put_bytes(bytes::Bytes::from_static(b"shared"), None).await.unwrap();
+        assert!(blobs.has(&digest).await.unwrap());
+        assert!(dirs.get(&digest).await.unwrap().is_none());
+    }
 }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 mod client;
 mod server;
 
-pub use client::{GrpcBlobService, GrpcDirectoryService, connect};
+pub use client::{GrpcBlobService, GrpcDirectoryService, Transport, connect};
 pub use server::{BlobServer, DirectoryServer, EXPECTED_DIGEST_HEADER, blob_service_server, directory_service_server};
 
 /// Which generation of the protocol's package names to speak.
