@@ -51,3 +51,29 @@ async fn grpc_health_and_http_on_one_port() {
     let resp = health.check(check("snix.castore.v1.DirectoryService")).await.expect("check after HTTP");
     assert_eq!(resp.into_inner().status(), ServingStatus::Serving);
 }
+
+/// gRPC server reflection lists the castore services under both packages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_both_packages() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = Server::start();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = client.server_reflection_info(futures::stream::iter([req])).await.expect("reflection").into_inner();
+    let resp = stream.message().await.expect("reflection answer").expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in castore::grpc::SERVICE_NAMES.into_iter().chain(["grpc.health.v1.Health"]) {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+}
