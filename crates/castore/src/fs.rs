@@ -6,11 +6,15 @@
 //! [`export`] writes a node back as a new path, atomically.
 use std::{
     collections::HashMap,
-    os::unix::{
-        ffi::OsStrExt,
-        fs::{MetadataExt, PermissionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            ffi::OsStrExt,
+            fs::{MetadataExt, PermissionsExt},
+        },
     },
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use bytes::Bytes;
@@ -19,10 +23,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Name, Node, Result};
 
-/// Files read and stored at the same time.
-const PARALLEL_FILES: usize = 32;
-/// Files up to this size are read in one go rather than streamed.
+/// Jobs (a large file, or a batch of small ones) run at the same time.
+const PARALLEL_JOBS: usize = 4;
+/// Small files of one batch stored at the same time.
+const PARALLEL_PUTS: usize = 4;
+/// Large files written at the same time by export.
+const PARALLEL_EXPORTS: usize = 4;
+/// Files up to this size are read in one go rather than streamed, many at a
+/// time in one trip to the blocking pool.
 const SMALL_FILE: u64 = 256 << 10;
+/// Most files, and bytes, in one batch of small files.
+const BATCH_FILES: usize = 128;
+const BATCH_BYTES: u64 = 4 << 20;
+/// Most bytes one read of a large file asks for.
+const READ_MAX: usize = 4 << 20;
 
 /// Whether a file's mode makes it executable in castore (and Nix) terms.
 fn is_executable(mode: u32) -> bool {
@@ -35,7 +49,7 @@ struct WalkedDir {
 }
 
 enum Walked {
-    File { path: PathBuf, size: u64, executable: bool },
+    File { path: PathBuf, executable: bool },
     Symlink { target: Bytes },
     /// Index into the walk's directory list.
     Dir(usize),
@@ -46,68 +60,163 @@ fn entry_name(path: &Path) -> Result<Name> {
     Name::new(raw).map_err(|e| Error::InvalidRequest(format!("{}: {e}", path.display())))
 }
 
-fn classify(path: &Path, dirs: &mut Vec<WalkedDir>) -> Result<Walked> {
-    let meta = std::fs::symlink_metadata(path)?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(path)?;
-        Ok(Walked::Symlink { target: Bytes::copy_from_slice(target.as_os_str().as_bytes()) })
-    } else if ft.is_file() {
-        Ok(Walked::File { path: path.to_owned(), size: meta.len(), executable: is_executable(meta.mode()) })
-    } else if ft.is_dir() {
-        let mut children: Vec<_> = std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-        children.sort();
-        let mut entries = Vec::with_capacity(children.len());
-        for child in children {
-            entries.push((entry_name(&child)?, classify(&child, dirs)?));
+/// The walk: directories listed children first, and files sent for storing
+/// (in batches) as soon as they are found, so storing starts with the walk.
+struct Walker {
+    dirs: Vec<WalkedDir>,
+    tx: tokio::sync::mpsc::Sender<Vec<(PathBuf, u64)>>,
+    /// The batch of small files being gathered.
+    small: Vec<(PathBuf, u64)>,
+    bytes: u64,
+}
+
+impl Walker {
+    /// Sends a large file on its own, small ones in batches (see [`BATCH_FILES`]).
+    fn file(&mut self, path: &Path, size: u64) -> Result<()> {
+        if size > SMALL_FILE {
+            return self.send(vec![(path.to_owned(), size)]);
         }
-        dirs.push(WalkedDir { entries });
-        Ok(Walked::Dir(dirs.len() - 1))
-    } else {
-        Err(Error::InvalidRequest(format!("{}: sockets, fifos and devices cannot be stored", path.display())))
+        if self.small.len() == BATCH_FILES || self.bytes + size > BATCH_BYTES {
+            let batch = std::mem::take(&mut self.small);
+            self.bytes = 0;
+            self.send(batch)?;
+        }
+        self.bytes += size;
+        self.small.push((path.to_owned(), size));
+        Ok(())
+    }
+
+    fn send(&self, batch: Vec<(PathBuf, u64)>) -> Result<()> {
+        self.tx.blocking_send(batch).map_err(|_| Error::Storage("ingest stopped".into()))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.small.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.small);
+        self.send(batch)
+    }
+
+    fn classify(&mut self, path: PathBuf, meta: std::fs::Metadata) -> Result<Walked> {
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            Ok(Walked::Symlink { target: Bytes::copy_from_slice(target.as_os_str().as_bytes()) })
+        } else if ft.is_file() {
+            self.file(&path, meta.len())?;
+            Ok(Walked::File { path, executable: is_executable(meta.mode()) })
+        } else if ft.is_dir() {
+            let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(&path)?.collect::<Result<_, _>>()?;
+            children.sort_by_key(std::fs::DirEntry::file_name);
+            let mut entries = Vec::with_capacity(children.len());
+            for child in children {
+                // Relative to the open directory: no walk of the whole path.
+                let meta = child.metadata()?;
+                let child = child.path();
+                entries.push((entry_name(&child)?, self.classify(child, meta)?));
+            }
+            self.dirs.push(WalkedDir { entries });
+            Ok(Walked::Dir(self.dirs.len() - 1))
+        } else {
+            Err(Error::InvalidRequest(format!("{}: sockets, fifos and devices cannot be stored", path.display())))
+        }
     }
 }
 
-async fn put_file(blobs: &dyn BlobService, path: &Path, size: u64) -> Result<(B3Digest, u64)> {
-    let (digest, got) = if size <= SMALL_FILE {
-        let data = tokio::fs::read(path).await?;
-        let len = data.len() as u64;
-        (blobs.put_bytes(data.into(), None).await?, len)
-    } else {
-        let mut file = tokio::fs::File::open(path).await?;
-        let mut counted = CountingReader { inner: &mut file, count: 0 };
-        let digest = blobs.put(&mut counted, None).await?;
-        (digest, counted.count)
-    };
-    if got != size {
-        return Err(Error::InvalidRequest(format!("{} changed size while being read", path.display())));
+fn changed_size(path: &Path) -> Error {
+    Error::InvalidRequest(format!("{} changed size while being read", path.display()))
+}
+
+/// Reads a whole small file of the size the walk saw: usually one `read`
+/// (asking for one byte more than expected, so growth shows).
+fn read_small(path: &Path, size: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let want = size as usize + 1;
+    let mut data = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match file.read(&mut data[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A short read of a regular file means its end, once all of it is here.
+        if got == size as usize {
+            break;
+        }
     }
-    Ok((digest, size))
+    if got as u64 != size {
+        return Err(changed_size(path));
+    }
+    data.truncate(got);
+    Ok(data)
+}
+
+/// Stores a batch: one large file, streamed, or small files read together.
+async fn put_batch(blobs: &dyn BlobService, batch: Vec<(PathBuf, u64)>) -> Result<Vec<(PathBuf, (B3Digest, u64))>> {
+    if let [(_, size)] = batch.as_slice()
+        && *size > SMALL_FILE
+    {
+        let (path, size) = batch.into_iter().next().expect("one file");
+        let mut reader = FileReader::open(&path, size).await?;
+        let digest = blobs.put(&mut reader, None).await?;
+        if reader.offset != size {
+            return Err(changed_size(&path));
+        }
+        return Ok(vec![(path, (digest, size))]);
+    }
+    let read = tokio::task::spawn_blocking(move || {
+        batch
+            .into_iter()
+            .map(|(path, size)| {
+                let data = read_small(&path, size)?;
+                Ok((path, Bytes::from(data)))
+            })
+            .collect::<Result<Vec<_>>>()
+    })
+    .await
+    .map_err(Error::storage)??;
+    futures::stream::iter(read)
+        .map(|(path, data)| async move {
+            let size = data.len() as u64;
+            Ok((path, (blobs.put_bytes(data, None).await?, size)))
+        })
+        .buffer_unordered(PARALLEL_PUTS)
+        .try_collect()
+        .await
 }
 
 /// Ingests `path` (file, symlink or directory tree) and returns its node.
 pub async fn ingest(blobs: &dyn BlobService, directories: &dyn DirectoryService, path: &Path) -> Result<Node> {
+    // Walk and store file contents at the same time, in parallel.
     let owned = path.to_owned();
-    let (root, walked) = tokio::task::spawn_blocking(move || {
-        let mut dirs = Vec::new();
-        classify(&owned, &mut dirs).map(|root| (root, dirs))
-    })
-    .await
-    .map_err(Error::storage)??;
-
-    // All file contents first, in parallel.
-    let files: Vec<(PathBuf, u64)> = std::iter::once(&root)
-        .chain(walked.iter().flat_map(|d| d.entries.iter().map(|(_, w)| w)))
-        .filter_map(|w| match w {
-            Walked::File { path, size, .. } => Some((path.clone(), *size)),
-            _ => None,
-        })
-        .collect();
-    let stored: HashMap<PathBuf, (B3Digest, u64)> = futures::stream::iter(files)
-        .map(|(path, size)| async move { put_file(blobs, &path, size).await.map(|r| (path, r)) })
-        .buffer_unordered(PARALLEL_FILES)
-        .try_collect()
-        .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2 * PARALLEL_JOBS);
+    let walk = tokio::task::spawn_blocking(move || {
+        let mut walker = Walker { dirs: Vec::new(), tx, small: Vec::new(), bytes: 0 };
+        let meta = std::fs::symlink_metadata(&owned)?;
+        let root = walker.classify(owned, meta)?;
+        walker.finish()?;
+        Ok::<_, Error>((root, walker.dirs))
+    });
+    let mut stored: HashMap<PathBuf, (B3Digest, u64)> = HashMap::new();
+    let mut done = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|b| put_batch(blobs, b))
+        .buffer_unordered(PARALLEL_JOBS);
+    let put: Result<()> = async {
+        while let Some(batch) = done.try_next().await? {
+            stored.extend(batch);
+        }
+        Ok(())
+    }
+    .await;
+    // Stops the walk early if storing failed.
+    drop(done);
+    let walked = walk.await.map_err(Error::storage)?;
+    put?;
+    let (root, walked) = walked?;
 
     // Then directories, children first, as one closure.
     let mut built: Vec<Directory> = Vec::with_capacity(walked.len());
@@ -135,21 +244,128 @@ pub async fn ingest(blobs: &dyn BlobService, directories: &dyn DirectoryService,
     Ok(root)
 }
 
-struct CountingReader<'a, R> {
-    inner: &'a mut R,
-    count: u64,
+/// Reads a regular file for [`BlobService::put`]. Data in the page cache is
+/// copied straight into the caller's buffer (`preadv2` with `RWF_NOWAIT`,
+/// which never waits for the disk), with no trip to the blocking pool and no
+/// extra copy; only data that must come from the disk is read in the
+/// blocking pool. Sequential reads keep the kernel's readahead ahead of us.
+struct FileReader {
+    file: Arc<std::fs::File>,
+    /// Size when the walk saw it; a short read before it is retried blocking.
+    size: u64,
+    /// Bytes handed out so far.
+    offset: u64,
+    nowait: bool,
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
+    /// Read in the blocking pool, not handed out yet.
+    ready: Bytes,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingReader<'_, R> {
+impl FileReader {
+    async fn open(path: &Path, size: u64) -> Result<Self> {
+        let path = path.to_owned();
+        let file = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            // SAFETY: plain syscall on an fd we own; only a hint.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(Error::storage)??;
+        Ok(Self { file: Arc::new(file), size, offset: 0, nowait: true, reading: None, ready: Bytes::new() })
+    }
+}
+
+/// Reads what the page cache holds at `offset` into `buf`, without waiting
+/// for the disk: `Ok(None)` when nothing there is cached.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_cached(file: &std::fs::File, buf: &mut tokio::io::ReadBuf<'_>, offset: u64) -> std::io::Result<Option<usize>> {
+    // SAFETY: the kernel only writes into the unfilled part, and we mark as
+    // initialized exactly the bytes it reports.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    let iov = libc::iovec { iov_base: unfilled.as_mut_ptr().cast(), iov_len: unfilled.len().min(READ_MAX) };
+    loop {
+        // SAFETY: `iov` describes writable memory we own for the call.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel wrote `n` bytes.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            return Ok(Some(n));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_cached(_: &std::fs::File, _: &mut tokio::io::ReadBuf<'_>, _: u64) -> std::io::Result<Option<usize>> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+impl tokio::io::AsyncRead for FileReader {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
-        self.count += (buf.filled().len() - before) as u64;
-        r
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready.split_to(n));
+                this.offset += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(reading) = this.reading.as_mut() {
+                let data = std::task::ready!(std::pin::Pin::new(reading).poll(cx)).map_err(std::io::Error::other)??;
+                this.reading = None;
+                if data.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.ready = data.into();
+                continue;
+            }
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if this.nowait {
+                match read_cached(&this.file, buf, this.offset) {
+                    Ok(Some(0)) if this.offset < this.size => {}
+                    Ok(Some(n)) => {
+                        this.offset += n as u64;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Ok(None) => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::Unsupported
+                            || matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)) =>
+                    {
+                        this.nowait = false
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            let (file, offset, len) = (this.file.clone(), this.offset, buf.remaining().min(READ_MAX));
+            this.reading = Some(tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut data = vec![0u8; len];
+                let n = loop {
+                    match file.read_at(&mut data, offset) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        r => break r?,
+                    }
+                };
+                data.truncate(n);
+                Ok(data)
+            }));
+        }
     }
 }
 
@@ -220,13 +436,83 @@ async fn write_node(blobs: &dyn BlobService, directories: &dyn DirectoryService,
                     }
                 }
             }
-            futures::stream::iter(files)
+            let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= SMALL_FILE);
+            let mut batches: Vec<Vec<ExportFile>> = Vec::new();
+            let mut bytes = 0;
+            for f in small {
+                let size = f.1;
+                match batches.last_mut() {
+                    Some(b) if b.len() < BATCH_FILES && bytes + size <= BATCH_BYTES => b.push(f),
+                    _ => {
+                        bytes = 0;
+                        batches.push(vec![f]);
+                    }
+                }
+                bytes += size;
+            }
+            futures::stream::iter(batches)
+                .map(|batch| write_small_files(blobs, batch))
+                .buffer_unordered(PARALLEL_JOBS)
+                .try_collect::<()>()
+                .await?;
+            futures::stream::iter(large)
                 .map(|(digest, size, exec, p)| async move { write_file(blobs, &digest, size, exec, &p).await })
-                .buffer_unordered(PARALLEL_FILES)
+                .buffer_unordered(PARALLEL_EXPORTS)
                 .try_collect::<()>()
                 .await
         }
     }
+}
+
+/// A file to export: digest, size, executable, path.
+type ExportFile = (B3Digest, u64, bool, PathBuf);
+
+fn file_mode(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
+}
+
+/// Reads a whole blob of known size and checks it.
+async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
+    let reader = blobs
+        .open_read(digest)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
+    let mut data = Vec::with_capacity(size as usize);
+    reader.take(size + 1).read_to_end(&mut data).await?;
+    let actual = B3Digest::of(&data);
+    if actual != *digest || data.len() as u64 != size {
+        return Err(Error::Storage(format!(
+            "blob {digest} read back as {actual} ({} bytes, expected {size}) for {}",
+            data.len(),
+            path.display()
+        )));
+    }
+    Ok(data)
+}
+
+/// Writes small files: contents fetched and checked first, then all files
+/// created in one trip to the blocking pool.
+async fn write_small_files(blobs: &dyn BlobService, batch: Vec<ExportFile>) -> Result<()> {
+    let contents: Vec<(Vec<u8>, bool, PathBuf)> = futures::stream::iter(batch)
+        .map(|(digest, size, exec, path)| async move {
+            Ok::<_, Error>((read_blob(blobs, &digest, size, &path).await?, exec, path))
+        })
+        .buffered(PARALLEL_PUTS)
+        .try_collect()
+        .await?;
+    tokio::task::spawn_blocking(move || {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        for (data, exec, path) in contents {
+            let mode = file_mode(exec);
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&path)?;
+            file.write_all(&data)?;
+            // The umask may have narrowed the mode.
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(Error::storage)?
 }
 
 async fn write_file(blobs: &dyn BlobService, digest: &B3Digest, size: u64, executable: bool, path: &Path) -> Result<()> {
@@ -234,7 +520,7 @@ async fn write_file(blobs: &dyn BlobService, digest: &B3Digest, size: u64, execu
         .open_read(digest)
         .await?
         .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
-    let mode = if executable { 0o755 } else { 0o644 };
+    let mode = file_mode(executable);
     let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).await?;
     let mut hasher = blake3::Hasher::new();
     let mut written = 0u64;

@@ -1,8 +1,19 @@
 //! [`ChunkedBlobService`]: blobs as content-defined chunks on a [`KvStore`].
+//!
+//! Ingest is a pipeline (measured in docs/benchmarks.md): the task calling
+//! `put` reads into large blocks and finds chunk boundaries, with a second
+//! task chunking the second half of each block at the same time (see
+//! [`region_boundaries`]); every chunk is hashed and stored by a task of its
+//! own, and the whole-blob BLAKE3 is computed in [`SEGMENT`]-sized subtrees
+//! by further tasks and merged in order, so hashing spreads over all cores.
+//! Chunks are slices of the read blocks (no copy), and blocks are reused once
+//! their chunks are stored, so a put holds a bounded amount of memory however
+//! large the blob. `put_bytes` chunks its buffer in place.
 use std::{collections::VecDeque, sync::Arc};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
@@ -16,8 +27,23 @@ use crate::{
     proto,
 };
 
-/// Chunks hashed and stored concurrently with reading the next ones.
-const WRITE_WINDOW: usize = 8;
+/// Chunks hashed and stored concurrently with reading the next ones: about
+/// one block's worth, so the reading task hands out a whole block's chunks
+/// and goes on reading while they are hashed and stored.
+const WRITE_WINDOW: usize = 32;
+/// Unit of whole-blob hashing: a power of two (≥ 1 KiB), so every segment at
+/// a multiple of it is a complete subtree of the BLAKE3 tree.
+const SEGMENT: usize = 1 << 20;
+/// Whole-blob segments hashed concurrently (two blocks' worth).
+const HASH_WINDOW: usize = 16;
+/// First read buffer: most blobs are small.
+const FIRST_BLOCK: usize = 64 << 10;
+/// Smallest full-size read block (a block also holds at least 4 maximal chunks).
+const BLOCK: usize = 8 << 20;
+/// Bytes asked of the reader at a time.
+const READ_SIZE: usize = 2 << 20;
+/// Used blocks kept for reuse once all their chunks are stored.
+const SPARE_BLOCKS: usize = 4;
 
 /// A [`BlobService`] that splits blobs into chunks (stored once each, by
 /// digest) and keeps a chunk list for every blob of more than one chunk.
@@ -78,8 +104,303 @@ fn decode_chunks(data: &[u8]) -> Result<Vec<ChunkMeta>> {
         .collect()
 }
 
-async fn join(handle: JoinHandle<Result<ChunkMeta>>) -> Result<ChunkMeta> {
-    handle.await.map_err(Error::storage)?
+async fn join<T>(handle: JoinHandle<T>) -> Result<T> {
+    handle.await.map_err(Error::storage)
+}
+
+/// The BLAKE3 of a stream, computed as [`SEGMENT`]-sized subtrees hashed on
+/// other tasks and merged in order exactly as `blake3::Hasher` merges its
+/// chunks (a finished segment is merged only once more data follows it, as
+/// the last one may turn out to be the root).
+#[derive(Default)]
+struct WholeHasher {
+    /// The current, incomplete segment.
+    pieces: Vec<Bytes>,
+    fill: usize,
+    /// Segments handed to tasks so far.
+    spawned: u64,
+    running: VecDeque<JoinHandle<blake3::Hasher>>,
+    /// Segments merged into `stack`.
+    merged: u64,
+    /// Chaining values of complete subtrees, left to right.
+    stack: Vec<ChainingValue>,
+    /// The latest hashed segment, not merged yet.
+    last: Option<blake3::Hasher>,
+}
+
+impl WholeHasher {
+    async fn update(&mut self, mut data: Bytes) -> Result<()> {
+        while !data.is_empty() {
+            let take = (SEGMENT - self.fill).min(data.len());
+            self.pieces.push(data.split_to(take));
+            self.fill += take;
+            if self.fill == SEGMENT {
+                self.spawn();
+                if self.running.len() > HASH_WINDOW {
+                    self.retire_one().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) {
+        let pieces = std::mem::take(&mut self.pieces);
+        self.fill = 0;
+        let offset = self.spawned * SEGMENT as u64;
+        self.spawned += 1;
+        self.running.push_back(tokio::spawn(async move {
+            let mut h = blake3::Hasher::new();
+            h.set_input_offset(offset);
+            for p in &pieces {
+                h.update(p);
+            }
+            h
+        }));
+    }
+
+    async fn retire_one(&mut self) -> Result<()> {
+        let next = join(self.running.pop_front().expect("a segment is running")).await?;
+        if let Some(prev) = self.last.replace(next) {
+            // `prev` is not the last segment, so it is a non-root subtree.
+            let mut cv = prev.finalize_non_root();
+            self.merged += 1;
+            let mut total = self.merged;
+            while total & 1 == 0 {
+                cv = merge_subtrees_non_root(&self.stack.pop().expect("left sibling"), &cv, Mode::Hash);
+                total >>= 1;
+            }
+            self.stack.push(cv);
+        }
+        Ok(())
+    }
+
+    async fn finalize(mut self) -> Result<B3Digest> {
+        if self.spawned == 0 {
+            // Less than one segment: hash it here.
+            let mut h = blake3::Hasher::new();
+            self.pieces.iter().for_each(|p| {
+                h.update(p);
+            });
+            return Ok(h.finalize().into());
+        }
+        if self.fill > 0 {
+            self.spawn();
+        }
+        while !self.running.is_empty() {
+            self.retire_one().await?;
+        }
+        let last = self.last.take().expect("at least one segment");
+        let Some((first, rest)) = self.stack.split_first() else {
+            return Ok(last.finalize().into());
+        };
+        let mut cv = last.finalize_non_root();
+        for left in rest.iter().rev() {
+            cv = merge_subtrees_non_root(left, &cv, Mode::Hash);
+        }
+        Ok(merge_subtrees_root(first, &cv, Mode::Hash).into())
+    }
+
+    fn abort(&self) {
+        self.running.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// The state of one put: chunks are fed in order, as they are cut.
+struct Ingest<'a> {
+    svc: &'a ChunkedBlobService,
+    whole: WholeHasher,
+    pending: VecDeque<JoinHandle<Result<ChunkMeta>>>,
+    chunks: Vec<ChunkMeta>,
+    /// The first chunk waits for a second: a one-chunk blob is its own chunk,
+    /// so it is stored only once its digest is known (and checked).
+    held: Option<Bytes>,
+}
+
+impl<'a> Ingest<'a> {
+    fn new(svc: &'a ChunkedBlobService) -> Self {
+        Self { svc, whole: WholeHasher::default(), pending: VecDeque::new(), chunks: Vec::new(), held: None }
+    }
+
+    async fn chunk(&mut self, chunk: Bytes) -> Result<()> {
+        self.whole.update(chunk.clone()).await?;
+        if self.held.is_none() && self.pending.is_empty() && self.chunks.is_empty() {
+            self.held = Some(chunk);
+            return Ok(());
+        }
+        for chunk in self.held.take().into_iter().chain([chunk]) {
+            if self.pending.len() >= WRITE_WINDOW {
+                let meta = join(self.pending.pop_front().expect("not empty")).await??;
+                self.chunks.push(meta);
+            }
+            self.pending.push_back(self.svc.store_chunk(chunk));
+        }
+        Ok(())
+    }
+
+    /// Stores the blob index (or the single chunk). `compact` copies a lone
+    /// chunk that is a small slice of a larger buffer, so a store that keeps
+    /// values in memory does not pin the whole buffer.
+    async fn finish(&mut self, expected: Option<&B3Digest>, compact: Option<usize>) -> Result<B3Digest> {
+        while let Some(handle) = self.pending.pop_front() {
+            let meta = join(handle).await??;
+            self.chunks.push(meta);
+        }
+        let digest = std::mem::take(&mut self.whole).finalize().await?;
+        check_expected(&digest, expected)?;
+        let kv = &self.svc.kv;
+        if self.chunks.is_empty() {
+            // One chunk (the empty blob is one empty chunk): the blob is the chunk.
+            let mut chunk = self.held.take().unwrap_or_default();
+            if compact.is_some_and(|cap| chunk.len() * 2 < cap) {
+                chunk = Bytes::copy_from_slice(&chunk);
+            }
+            kv.put(Table::Chunks, vec![(digest.to_bytes(), chunk)]).await?;
+        } else {
+            kv.put(Table::Blobs, vec![(digest.to_bytes(), encode_chunks(&self.chunks))]).await?;
+        }
+        Ok(digest)
+    }
+
+    fn abort(&self) {
+        self.pending.iter().for_each(JoinHandle::abort);
+        self.whole.abort();
+    }
+}
+
+/// Read blocks: [`FIRST_BLOCK`], then [`SECOND_BLOCK`], then full-size ones,
+/// which are reused once every chunk sliced from them has been dropped.
+///
+/// When no used block can be reused (a store that keeps chunks in memory), a
+/// fresh one is prepared while the current one is half full: its pages are
+/// faulted in on a blocking thread, sparing the reading task the page faults
+/// (a third of its time otherwise, measured).
+struct Blocks {
+    size: usize,
+    /// Allocation size of the current block.
+    current: usize,
+    spare: VecDeque<BytesMut>,
+    ahead: Option<JoinHandle<BytesMut>>,
+}
+
+/// Second read buffer, for blobs that outgrow the first.
+const SECOND_BLOCK: usize = 512 << 10;
+
+impl Blocks {
+    fn new(size: usize) -> Self {
+        Self { size, current: FIRST_BLOCK, spare: VecDeque::new(), ahead: None }
+    }
+
+    /// Called after each read: prepares the next block if it will be needed.
+    fn prepare(&mut self, buf: &BytesMut) {
+        if self.current != self.size || self.ahead.is_some() || buf.capacity() - buf.len() > self.size / 2 {
+            return;
+        }
+        if self.spare.iter_mut().any(|b| b.try_reclaim(self.size)) {
+            return;
+        }
+        let size = self.size;
+        self.ahead = Some(tokio::task::spawn_blocking(move || {
+            let mut block = BytesMut::with_capacity(size);
+            populate(block.spare_capacity_mut());
+            block
+        }));
+    }
+
+    /// Replaces the used-up `buf` by a block holding `tail` (the bytes after
+    /// the last known chunk boundary) with room to read more.
+    async fn next(&mut self, buf: &mut BytesMut, tail: &[u8]) {
+        let want = if self.current < SECOND_BLOCK { SECOND_BLOCK } else { self.size };
+        let mut next = None;
+        if want == self.size {
+            if let Some(i) = self.spare.iter_mut().position(|b| b.try_reclaim(want)) {
+                next = self.spare.remove(i);
+            } else if let Some(ahead) = self.ahead.take() {
+                next = ahead.await.ok();
+            }
+        }
+        let mut next = next.unwrap_or_else(|| BytesMut::with_capacity(want));
+        next.extend_from_slice(tail);
+        let mut old = std::mem::replace(buf, next);
+        if self.current == self.size {
+            old.clear();
+            if self.spare.len() == SPARE_BLOCKS {
+                self.spare.pop_front();
+            }
+            self.spare.push_back(old);
+        }
+        self.current = want;
+    }
+}
+
+/// Regions at least this large are chunked by two tasks at once.
+const SPLIT_REGION: usize = 2 << 20;
+
+/// Chunk boundaries of `region` as far as they are known (all of them when
+/// `last`). A large region is chunked from its start here and, at the same
+/// time, from its middle by another task, as if a chunk began there. Once a
+/// boundary found here is one the other task found, the two agree from then
+/// on (a boundary depends only on the bytes since the previous one), so its
+/// remaining boundaries are taken as they are. Should they never meet, the
+/// scan here simply goes on alone: the result is always the sequential one.
+async fn region_boundaries(chunker: Chunker, region: &Bytes, last: bool) -> Vec<usize> {
+    if region.len() < SPLIT_REGION.max(4 * chunker.max) {
+        return chunker.boundaries(region, last);
+    }
+    let mid = region.len() / 2;
+    let ahead = {
+        let region = region.clone();
+        tokio::spawn(async move { chunker.boundaries(&region[mid..], last) })
+    };
+    let mut out = Vec::with_capacity(region.len() / chunker.avg + 1);
+    let mut pos = 0;
+    // At least `max` bytes remain after every position before `mid`.
+    while pos < mid {
+        pos += chunker.cut(&region[pos..]);
+        out.push(pos);
+    }
+    // Should the other task have failed, this one goes on alone.
+    let ahead = ahead.await.unwrap_or_default();
+    let mut j = 0;
+    loop {
+        while j < ahead.len() && mid + ahead[j] < pos {
+            j += 1;
+        }
+        if pos == mid || (j < ahead.len() && mid + ahead[j] == pos) {
+            let from = if pos == mid { 0 } else { j + 1 };
+            out.extend(ahead[from..].iter().map(|b| mid + b));
+            return out;
+        }
+        if j == ahead.len() {
+            out.extend(chunker.boundaries(&region[pos..], last).into_iter().map(|b| pos + b));
+            return out;
+        }
+        match chunker.cut_known(&region[pos..], last) {
+            Some(n) => {
+                pos += n;
+                out.push(pos);
+            }
+            None => return out,
+        }
+    }
+}
+
+/// Faults in the pages of `mem` (a hint: failures are ignored).
+fn populate(mem: &mut [std::mem::MaybeUninit<u8>]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let start = (mem.as_mut_ptr() as usize).next_multiple_of(page);
+        let end = (mem.as_mut_ptr() as usize + mem.len()) / page * page;
+        if end > start {
+            // SAFETY: the range lies within memory we own exclusively;
+            // MADV_POPULATE_WRITE only maps pages, it never changes contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_WRITE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = mem;
 }
 
 #[async_trait]
@@ -104,60 +425,144 @@ impl BlobService for ChunkedBlobService {
         reader: &mut (dyn AsyncRead + Send + Unpin),
         expected: Option<&B3Digest>,
     ) -> Result<B3Digest> {
-        let max = self.chunker.max;
-        let mut buf = BytesMut::with_capacity(2 * max);
-        let mut whole = blake3::Hasher::new();
-        let mut pending: VecDeque<JoinHandle<Result<ChunkMeta>>> = VecDeque::new();
-        let mut chunks = Vec::new();
-        let mut held: Option<Bytes> = None;
+        let mut blocks = Blocks::new(BLOCK.max(4 * self.chunker.max));
+        let mut buf = BytesMut::with_capacity(FIRST_BLOCK);
+        let mut ingest = Ingest::new(self);
         let mut eof = false;
-        let result: Result<()> = async {
+        let result: Result<B3Digest> = async {
             loop {
-                while !eof && buf.len() < max {
-                    if buf.capacity() - buf.len() < max / 4 {
-                        buf.reserve(2 * max);
-                    }
-                    eof = reader.read_buf(&mut buf).await? == 0;
+                // Fill the block, then chunk all of it that can be chunked.
+                while !eof && buf.len() < buf.capacity() {
+                    let room = (buf.capacity() - buf.len()).min(READ_SIZE);
+                    eof = reader.read_buf(&mut (&mut buf).limit(room)).await? == 0;
+                    blocks.prepare(&buf);
                 }
-                while buf.len() >= max || (eof && !buf.is_empty()) {
-                    let chunk = buf.split_to(self.chunker.cut(&buf)).freeze();
-                    whole.update(&chunk);
-                    // The first chunk waits for a second: a one-chunk blob is its
-                    // own chunk, so it is stored only once its digest is checked.
-                    if held.is_none() && pending.is_empty() && chunks.is_empty() {
-                        held = Some(chunk);
-                        continue;
-                    }
-                    for chunk in held.take().into_iter().chain([chunk]) {
-                        if pending.len() >= WRITE_WINDOW {
-                            chunks.push(join(pending.pop_front().expect("not empty")).await?);
-                        }
-                        pending.push_back(self.store_chunk(chunk));
-                    }
+                let region = buf.split().freeze();
+                let mut prev = 0;
+                for end in region_boundaries(self.chunker, &region, eof).await {
+                    ingest.chunk(region.slice(prev..end)).await?;
+                    prev = end;
                 }
                 if eof {
                     break;
                 }
+                blocks.next(&mut buf, &region[prev..]).await;
             }
-            for handle in pending.drain(..) {
-                chunks.push(join(handle).await?);
-            }
-            Ok(())
+            ingest.finish(expected, Some(blocks.current)).await
         }
         .await;
-        if let Err(e) = result {
-            pending.iter().for_each(JoinHandle::abort);
-            return Err(e);
+        if result.is_err() {
+            ingest.abort();
         }
+        result
+    }
 
-        let digest = B3Digest::from(whole.finalize());
-        check_expected(&digest, expected)?;
-        if chunks.is_empty() {
-            // One chunk (the empty blob is one empty chunk): the blob is the chunk.
-            self.kv.put(Table::Chunks, vec![(digest.to_bytes(), held.unwrap_or_default())]).await?;
-        } else {
-            self.kv.put(Table::Blobs, vec![(digest.to_bytes(), encode_chunks(&chunks))]).await?;
+    /// Chunks `data` in place: every chunk is a slice of it.
+    async fn put_bytes(&self, mut data: Bytes, expected: Option<&B3Digest>) -> Result<B3Digest> {
+        let mut ingest = Ingest::new(self);
+        let result: Result<B3Digest> = async {
+            while !data.is_empty() {
+                let chunk = data.split_to(self.chunker.cut(&data));
+                ingest.chunk(chunk).await?;
+            }
+            ingest.finish(expected, None).await
         }
-        Ok(digest)
+        .await;
+        if result.is_err() {
+            ingest.abort();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemoryStore;
+
+    fn data(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+    }
+
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.1.min(self.0.len()).min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streamed_chunks_are_the_sequential_ones() {
+        // Blocks of 8 MiB split in two halves chunked at once: the chunk
+        // lists must be those of one sequential scan, whatever the reads.
+        let chunker = Chunker::new(4 << 10, 16 << 10, 64 << 10);
+        let input = data(40 << 20, 3);
+        let sequential = chunker.boundaries(&input, true);
+        for step in [1 << 20, 65_537, 4 << 20] {
+            let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), chunker);
+            let digest = svc.put(&mut Trickle(&input, step), None).await.unwrap();
+            let ends: Vec<usize> = svc
+                .stat(&digest)
+                .await
+                .unwrap()
+                .unwrap()
+                .iter()
+                .scan(0, |end, c| {
+                    *end += c.size as usize;
+                    Some(*end)
+                })
+                .collect();
+            assert!(ends == sequential, "reads of {step} bytes");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_digest_matches_blake3_at_segment_edges() {
+        let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), Chunker::new(16 << 10, 64 << 10, 256 << 10));
+        let big = data(9 * SEGMENT + 4096, 1);
+        let mut lens = vec![0, 1, 1023, 1024, 1025, 70_000];
+        for k in [1, 2, 3, 4, 5, 7, 8, 9] {
+            lens.extend([k * SEGMENT - 1, k * SEGMENT, k * SEGMENT + 1]);
+        }
+        for len in lens {
+            let input = &big[..len];
+            let want = B3Digest::of(input);
+            assert_eq!(svc.put_bytes(Bytes::copy_from_slice(input), None).await.unwrap(), want, "put_bytes, {len} bytes");
+            let got = svc.put(&mut Trickle(input, 100_003), None).await.unwrap();
+            assert_eq!(got, want, "put, {len} bytes");
+            // Reads back whole, and the chunks tile the blob.
+            let mut back = Vec::new();
+            svc.open_read(&want).await.unwrap().unwrap().read_to_end(&mut back).await.unwrap();
+            assert!(back == input, "read back, {len} bytes");
+            let chunks = svc.stat(&want).await.unwrap().unwrap();
+            assert!(chunks.is_empty() || chunks.iter().map(|c| c.size).sum::<u64>() == len as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn put_and_put_bytes_cut_alike_and_check_expected() {
+        let svc = ChunkedBlobService::new(Arc::new(MemoryStore::new()));
+        let input = data(5 << 20, 7);
+        let a = svc.put(&mut Trickle(&input, 4097), None).await.unwrap();
+        let chunks_a = svc.stat(&a).await.unwrap().unwrap();
+        let svc2 = ChunkedBlobService::new(Arc::new(MemoryStore::new()));
+        let b = svc2.put_bytes(input.clone().into(), Some(&a)).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(chunks_a, svc2.stat(&b).await.unwrap().unwrap());
+        assert!(chunks_a.len() > 2);
+
+        let wrong = B3Digest::of(b"something else");
+        let svc3 = ChunkedBlobService::new(Arc::new(MemoryStore::new()));
+        assert!(matches!(svc3.put_bytes(input.into(), Some(&wrong)).await, Err(Error::InvalidRequest(_))));
+        assert!(!svc3.has(&a).await.unwrap());
     }
 }

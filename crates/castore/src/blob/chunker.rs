@@ -21,7 +21,8 @@ impl Chunker {
     }
 
     /// Length of the first chunk of `data`. Only meaningful for a final
-    /// chunk or when `data` holds at least `max` bytes.
+    /// chunk, when `data` holds at least `max` bytes, or when it is less
+    /// than `data.len()` (see [`Chunker::cut_known`]).
     pub fn cut(&self, data: &[u8]) -> usize {
         let (_, n) = cut(
             data,
@@ -37,8 +38,40 @@ impl Chunker {
     }
 }
 
+impl Chunker {
+    /// Length of the first chunk of `data` if more data after it cannot
+    /// change it: `data` is the end of the blob (`last`), holds at least
+    /// `max` bytes, or has a boundary before its end (the scan looks at the
+    /// bytes in order and stops at the first boundary, so a boundary found in
+    /// a prefix is the boundary of the whole).
+    pub fn cut_known(&self, data: &[u8], last: bool) -> Option<usize> {
+        let n = self.cut(data);
+        (last || n < data.len() || data.len() >= self.max).then_some(n)
+    }
+
+    /// Ends of the successive chunks of `data` (offsets from its start) as
+    /// far as they are known; see [`Chunker::cut_known`].
+    pub fn boundaries(&self, data: &[u8], last: bool) -> Vec<usize> {
+        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
+        let mut pos = 0;
+        while pos < data.len() {
+            let Some(n) = self.cut_known(&data[pos..], last) else { break };
+            pos += n;
+            out.push(pos);
+        }
+        out
+    }
+}
+
 impl Default for Chunker {
-    /// 64 KiB / 256 KiB / 1 MiB: see docs/benchmarks.md for the measurement.
+    /// min 64 KiB / avg 256 KiB / max 1 MiB (min = avg/4, max = 4·avg),
+    /// chosen by measurement (the chunk-size table of docs/benchmarks.md,
+    /// `scripts/bench`). The data stored again after a small edit grows with
+    /// the average (one to two chunks per edit), while every chunk costs the
+    /// embedded store a file, a writeback and a task, so smaller chunks ingest
+    /// more slowly. 256 KiB is the smallest average at which embedded ingest
+    /// meets its 500 MiB/s target; larger ones save some CPU per byte but
+    /// lose twice as much data per edit with each doubling.
     fn default() -> Self {
         Self::new(64 << 10, 256 << 10, 1 << 20)
     }
@@ -60,5 +93,19 @@ mod tests {
         let a = c.cut(&data[first..]);
         let b = c.cut(&shifted[100..]);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn boundaries_of_a_prefix_are_boundaries_of_the_whole() {
+        let c = Chunker::new(4 << 10, 16 << 10, 64 << 10);
+        let data: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let all = c.boundaries(&data, true);
+        assert_eq!(*all.last().unwrap(), data.len());
+        for len in (1..400).map(|k| k * 5003) {
+            let part = c.boundaries(&data[..len], false);
+            assert_eq!(part[..], all[..part.len()], "prefix of {len} bytes");
+            // Whatever is left unknown is less than one maximal chunk.
+            assert!(len - part.last().copied().unwrap_or(0) < c.max);
+        }
     }
 }
