@@ -16,6 +16,7 @@ mod reader;
 pub use chunked::ChunkedBlobService;
 pub use chunker::Chunker;
 pub use reader::{ChunkFetch, ChunkedReader};
+pub(crate) use reader::copy_out;
 
 /// One chunk of a blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -87,15 +87,24 @@ impl ChunkedReader {
     }
 }
 
+/// Moves what fits of `current` (the bytes at `pos`) into `buf`, advancing
+/// `pos`; false when `current` was empty.
+pub(crate) fn copy_out(current: &mut Bytes, pos: &mut u64, buf: &mut ReadBuf<'_>) -> bool {
+    if current.is_empty() {
+        return false;
+    }
+    let n = buf.remaining().min(current.len());
+    buf.put_slice(&current[..n]);
+    current.advance(n);
+    *pos += n as u64;
+    true
+}
+
 impl AsyncRead for ChunkedReader {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.current.is_empty() {
-                let n = buf.remaining().min(this.current.len());
-                buf.put_slice(&this.current[..n]);
-                this.current.advance(n);
-                this.pos += n as u64;
+            if copy_out(&mut this.current, &mut this.pos, buf) {
                 return Poll::Ready(Ok(()));
             }
             if this.pos >= this.size || buf.remaining() == 0 {

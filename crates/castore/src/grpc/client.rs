@@ -20,7 +20,7 @@ use tonic::{Code, transport::Channel};
 use super::{Package, PackageRewrite, server::EXPECTED_DIGEST_HEADER};
 use crate::{
     B3Digest, BlobReader, BlobService, ChunkMeta, Directory, DirectoryService, Error, Result,
-    blob::{ChunkFetch, ChunkedReader, check_expected},
+    blob::{ChunkFetch, ChunkedReader, check_expected, copy_out},
     dirsvc::MAX_CLOSURE_BYTES,
     proto::{self, blob_service_client::BlobServiceClient, directory_service_client::DirectoryServiceClient},
 };
@@ -228,11 +228,7 @@ impl AsyncRead for StreamingReader {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.current.is_empty() {
-                let n = buf.remaining().min(this.current.len());
-                buf.put_slice(&this.current[..n]);
-                this.current.advance(n);
-                this.pos += n as u64;
+            if copy_out(&mut this.current, &mut this.pos, buf) {
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
