@@ -13,7 +13,7 @@
 //! - a 256 MiB pseudo-random file and a copy with 16 small edits spread
 //!   through it, ingested with average chunk sizes from 64 KiB to 1 MiB.
 //!
-//! `CASTORE_BENCH_RUNS` (default 3) repeats each throughput phase; the median
+//! `CASTORE_BENCH_RUNS` (default 5) repeats each throughput phase; the median
 //! is reported with the range. Stores and exports are kept until the end and
 //! deleted with the work directory (see `scripts/bench` on why). The tables
 //! go to stdout, progress to stderr; `scripts/bench` writes them, with the
@@ -411,7 +411,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 fn parent() {
-    let runs = env_usize("CASTORE_BENCH_RUNS", 3).max(1);
+    let runs = env_usize("CASTORE_BENCH_RUNS", 5).max(1);
     let large_mib = env_usize("CASTORE_BENCH_LARGE_MIB", 1024) as u64;
     let base_tmp = std::env::var("CASTORE_BENCH_TMP").unwrap_or_else(|_| "/tmp".into());
     let stamp = Path::new(&base_tmp).join(".castore-bench-cleanup");
@@ -501,9 +501,9 @@ fn parent() {
     // (e) Chunk sizes.
     let mut chunk_rows = String::new();
     let dedup_bytes = (DEDUP_MIB << 20) as f64;
-    let chunk_runs = env_usize("CASTORE_BENCH_CHUNK_RUNS", if runs >= 3 { 5 } else { runs }).max(1);
-    // The smallest average whose embedded ingest meets the target.
-    let mut pick: Option<usize> = None;
+    let chunk_runs = env_usize("CASTORE_BENCH_CHUNK_RUNS", runs).max(1);
+    // Per row: average, embedded ingest and CPU medians, share of new bytes.
+    let mut rows: Vec<(usize, f64, f64, f64)> = Vec::new();
     for (min, avg, max) in CHUNK_CONFIGS {
         let (mn, av, mx) = (min.to_string(), avg.to_string(), max.to_string());
         let (b, ed) = (base.to_str().unwrap(), edited.to_str().unwrap());
@@ -521,10 +521,9 @@ fn parent() {
             emb_edit.push(f(&r, "edited_size") / MIB / f(&r, "edited_s"));
             last = r;
         }
-        let emb = Stat::of(emb);
-        if pick.is_none() && emb.med >= TARGET_EMB_MIBS {
-            pick = Some(avg);
-        }
+        let (emb, emb_cpu) = (Stat::of(emb), Stat::of(emb_cpu));
+        let new_share = f(&last, "new_bytes") / f(&last, "edited_size");
+        rows.push((avg, emb.med, emb_cpu.med, new_share));
         let is_default = {
             let d = Chunker::default();
             (d.min, d.avg, d.max) == (min, avg, max)
@@ -538,11 +537,11 @@ fn parent() {
             if is_default { " (default)" } else { "" },
             Stat::of(mem).show(0),
             emb.show(0),
-            Stat::of(emb_cpu).show(2),
+            emb_cpu.show(2),
             Stat::of(emb_edit).show(0),
             last["chunks"],
             dedup_bytes / f(&last, "chunks") / 1024.0,
-            100.0 * f(&last, "new_bytes") / f(&last, "edited_size"),
+            100.0 * new_share,
         )
         .unwrap();
     }
@@ -624,23 +623,28 @@ fn parent() {
     .unwrap();
     writeln!(o, "|---|---|---|---|---|---|---|---|").unwrap();
     o.push_str(&chunk_rows);
+    // The default against its neighbours, from the medians above.
     let default_avg = Chunker::default().avg;
-    match pick {
-        Some(avg) => writeln!(
-            o,
-            "\nSmallest average chunk size whose embedded ingest meets the {TARGET_EMB_MIBS:.0} MiB/s target in this \
-             comparison: {} KiB (the default is {} KiB).",
-            avg >> 10,
-            default_avg >> 10
-        ),
-        None => writeln!(
-            o,
-            "\nNo average chunk size met the {TARGET_EMB_MIBS:.0} MiB/s embedded target in this comparison \
-             (the default is {} KiB).",
-            default_avg >> 10
-        ),
+    if let Some(d) = rows.iter().position(|r| r.0 == default_avg) {
+        let (_, d_speed, d_cpu, d_new) = rows[d];
+        let compare = |r: &(usize, f64, f64, f64)| {
+            format!(
+                "{} KiB: {:+.0} % CPU per GiB, {:+.0} % embedded ingest speed, {:.1}× the new bytes",
+                r.0 >> 10,
+                100.0 * (r.2 / d_cpu - 1.0),
+                100.0 * (r.1 / d_speed - 1.0),
+                r.3 / d_new
+            )
+        };
+        let neighbours: Vec<String> = [d.checked_sub(1), Some(d + 1)]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| rows.get(i))
+            .map(compare)
+            .collect();
+        writeln!(o, "\nAgainst the default ({} KiB average), one step either way: {}.", default_avg >> 10, neighbours.join("; "))
+            .unwrap();
     }
-    .unwrap();
 
     let mem_overhead = mem_hwm.max - large_mib as f64;
     let bounded = emb_hwm.max <= 256.0 && emb_hwm.max <= emb_hwm_small + 64.0 && mem_overhead <= 0.25 * large_mib as f64;

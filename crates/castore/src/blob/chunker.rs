@@ -68,10 +68,11 @@ impl Default for Chunker {
     /// chosen by measurement (the chunk-size table of docs/benchmarks.md,
     /// `scripts/bench`). The data stored again after a small edit grows with
     /// the average (one to two chunks per edit), while every chunk costs the
-    /// embedded store a file, a writeback and a task, so smaller chunks ingest
-    /// more slowly. 256 KiB is the smallest average at which embedded ingest
-    /// meets its 500 MiB/s target; larger ones save some CPU per byte but
-    /// lose twice as much data per edit with each doubling.
+    /// embedded store a file, a writeback and a task: smaller averages cost
+    /// clearly more CPU per GiB and ingest more slowly; each step larger
+    /// stores twice as much again per edit for some ingest speed (how much
+    /// varies with the disk), which the embedded store does not need to meet
+    /// its targets with this default.
     fn default() -> Self {
         Self::new(64 << 10, 256 << 10, 1 << 20)
     }
