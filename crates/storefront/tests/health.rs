@@ -4,14 +4,20 @@ mod common;
 use common::*;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
+async fn channel(server: &Server) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.expect("connect")
+}
+
+/// A plain HTTP/1.1 GET on the server's port.
+async fn get(server: &Server, path: &'static str) -> (u16, String) {
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || http_get(addr, path)).await.unwrap().unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_and_http_on_one_port() {
     let server = Server::start();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(&server).await;
     let mut health = HealthClient::new(channel);
     let check = |service: &str| HealthCheckRequest { service: service.to_owned() };
 
@@ -29,22 +35,10 @@ async fn grpc_health_and_http_on_one_port() {
     );
 
     // Plain HTTP/1.1 on the same port.
-    let (code, body) = tokio::task::spawn_blocking({
-        let addr = server.addr;
-        move || http_get(addr, "/healthz")
-    })
-    .await
-    .unwrap()
-    .expect("GET /healthz");
+    let (code, body) = get(&server, "/healthz").await;
     assert_eq!(code, 200, "GET /healthz: {body:?}");
     assert!(body.contains("ok"), "GET /healthz body: {body:?}");
-    let (code, _) = tokio::task::spawn_blocking({
-        let addr = server.addr;
-        move || http_get(addr, "/no-such-page")
-    })
-    .await
-    .unwrap()
-    .expect("GET /no-such-page");
+    let (code, _) = get(&server, "/no-such-page").await;
     assert_eq!(code, 404, "an unknown HTTP path is 404");
 
     // gRPC still works on the same port after the HTTP requests.
@@ -60,11 +54,7 @@ async fn reflection_lists_both_packages() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let server = Server::start();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(&server).await;
     let mut client = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
     let mut stream = client.server_reflection_info(futures::stream::iter([req])).await.expect("reflection").into_inner();
