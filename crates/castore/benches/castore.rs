@@ -356,10 +356,7 @@ fn run_child(args: &[&str]) -> Res {
         panic!("phase {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
     }
     let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("phase printed RESULT");
-    line.split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    line.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
 fn f(r: &Res, k: &str) -> f64 {
@@ -547,18 +544,13 @@ fn parent() {
     }
     eprintln!("chunk sizes done at {:.1}s", started.elapsed().as_secs_f64());
 
-    let (mem_in, mem_read, emb_in, emb_hot, emb_cold, disk) = (
-        Stat::of(mem_in),
-        Stat::of(mem_read),
-        Stat::of(emb_in),
-        Stat::of(emb_hot),
-        Stat::of(emb_cold),
-        Stat::of(disk),
-    );
+    let (mem_in, mem_read, emb_in, emb_hot, emb_cold, disk) =
+        (Stat::of(mem_in), Stat::of(mem_read), Stat::of(emb_in), Stat::of(emb_hot), Stat::of(emb_cold), Stat::of(disk));
     let (mem_small, mem_export, emb_small, emb_export) =
         (Stat::of(mem_small), Stat::of(mem_export), Stat::of(emb_small), Stat::of(emb_export));
     let (mem_hwm, emb_hwm) = (Stat::of(mem_hwm), Stat::of(emb_hwm));
-    let large_label = if large_mib.is_multiple_of(1024) { format!("{} GiB", large_mib / 1024) } else { format!("{large_mib} MiB") };
+    let large_label =
+        if large_mib.is_multiple_of(1024) { format!("{} GiB", large_mib / 1024) } else { format!("{large_mib} MiB") };
     let dirs = SMALL_TOP * SMALL_SUB + SMALL_TOP + 1;
 
     let mut o = String::new();
@@ -572,7 +564,13 @@ fn parent() {
     .unwrap();
     writeln!(o, "| Measurement | Memory | Embedded |").unwrap();
     writeln!(o, "|---|---|---|").unwrap();
-    writeln!(o, "| Large-file ingest, one {large_label} pseudo-random file (MiB/s) | {} | {} |", mem_in.show(0), emb_in.show(0)).unwrap();
+    writeln!(
+        o,
+        "| Large-file ingest, one {large_label} pseudo-random file (MiB/s) | {} | {} |",
+        mem_in.show(0),
+        emb_in.show(0)
+    )
+    .unwrap();
     writeln!(
         o,
         "| Same data, plain single-file copy (4 MiB writes) + fsync, same filesystem (MiB/s) | – | {} |",
@@ -595,7 +593,8 @@ fn parent() {
         emb_cold.show(0)
     )
     .unwrap();
-    writeln!(o, "| Small-tree export, `fs::export` (files/s) | {} | {} |", mem_export.show(0), emb_export.show(0)).unwrap();
+    writeln!(o, "| Small-tree export, `fs::export` (files/s) | {} | {} |", mem_export.show(0), emb_export.show(0))
+        .unwrap();
     writeln!(
         o,
         "| Peak RSS (VmHWM) of the {large_label} ingest process (MiB) | {} (the store itself holds {large_mib}) | {} |",
@@ -636,22 +635,30 @@ fn parent() {
                 r.3 / d_new
             )
         };
-        let neighbours: Vec<String> = [d.checked_sub(1), Some(d + 1)]
-            .into_iter()
-            .flatten()
-            .filter_map(|i| rows.get(i))
-            .map(compare)
-            .collect();
-        writeln!(o, "\nAgainst the default ({} KiB average), one step either way: {}.", default_avg >> 10, neighbours.join("; "))
-            .unwrap();
+        let neighbours: Vec<String> =
+            [d.checked_sub(1), Some(d + 1)].into_iter().flatten().filter_map(|i| rows.get(i)).map(compare).collect();
+        writeln!(
+            o,
+            "\nAgainst the default ({} KiB average), one step either way: {}.",
+            default_avg >> 10,
+            neighbours.join("; ")
+        )
+        .unwrap();
     }
 
     let mem_overhead = mem_hwm.max - large_mib as f64;
-    let bounded = emb_hwm.max <= 256.0 && emb_hwm.max <= emb_hwm_small + 64.0 && mem_overhead <= 0.25 * large_mib as f64;
+    let bounded =
+        emb_hwm.max <= 256.0 && emb_hwm.max <= emb_hwm_small + 64.0 && mem_overhead <= 0.25 * large_mib as f64;
     writeln!(o, "\n### Targets\n").unwrap();
     writeln!(o, "| Target | Measured (median) | Met |").unwrap();
     writeln!(o, "|---|---|---|").unwrap();
-    writeln!(o, "| Large-file ingest into memory ≥ 1 GiB/s | {:.0} MiB/s | {} |", mem_in.med, yes(mem_in.med >= TARGET_MEM_MIBS)).unwrap();
+    writeln!(
+        o,
+        "| Large-file ingest into memory ≥ 1 GiB/s | {:.0} MiB/s | {} |",
+        mem_in.med,
+        yes(mem_in.med >= TARGET_MEM_MIBS)
+    )
+    .unwrap();
     writeln!(
         o,
         "| Large-file ingest into embedded ≥ 500 MiB/s | {:.0} MiB/s (plain single-file copy + fsync: {:.0} MiB/s) | {} |",

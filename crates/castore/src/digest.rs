@@ -59,9 +59,7 @@ impl From<blake3::Hash> for B3Digest {
 impl TryFrom<&[u8]> for B3Digest {
     type Error = DigestError;
     fn try_from(value: &[u8]) -> Result<Self, Self::Error> {
-        <[u8; B3_LEN]>::try_from(value)
-            .map(Self)
-            .map_err(|_| DigestError::WrongLength(value.len()))
+        <[u8; B3_LEN]>::try_from(value).map(Self).map_err(|_| DigestError::WrongLength(value.len()))
     }
 }
 
@@ -79,9 +77,7 @@ impl std::str::FromStr for B3Digest {
         let raw = if let Some(b64) = s.strip_prefix("blake3-") {
             BASE64.decode(b64.as_bytes()).map_err(|_| err())?
         } else {
-            HEXLOWER
-                .decode(s.to_ascii_lowercase().as_bytes())
-                .map_err(|_| err())?
+            HEXLOWER.decode(s.to_ascii_lowercase().as_bytes()).map_err(|_| err())?
         };
         Self::try_from(raw.as_slice()).map_err(|_| err())
     }
@@ -106,10 +102,7 @@ mod tests {
     #[test]
     fn empty_digest_display_and_parse() {
         let d = B3Digest::of(b"");
-        assert_eq!(
-            d.to_hex(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
+        assert_eq!(d.to_hex(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
         assert_eq!(d.to_string(), "blake3-rxNJufX5oaagQE3qNtzJSZvLJcmtwRK3zJqTyuQfMmI=");
         assert_eq!(d.to_string().parse::<B3Digest>().unwrap(), d);
         assert_eq!(d.to_hex().parse::<B3Digest>().unwrap(), d);

@@ -135,12 +135,9 @@ impl Node {
             Node::Directory { digest, size } => {
                 E::Directory(proto::DirectoryEntry { name, digest: digest.to_bytes(), size })
             }
-            Node::File { digest, size, executable } => E::File(proto::FileEntry {
-                name,
-                digest: digest.to_bytes(),
-                size,
-                executable,
-            }),
+            Node::File { digest, size, executable } => {
+                E::File(proto::FileEntry { name, digest: digest.to_bytes(), size, executable })
+            }
             Node::Symlink { target } => E::Symlink(proto::SymlinkEntry { name, target }),
         };
         proto::Entry { entry: Some(entry) }
@@ -148,8 +145,7 @@ impl Node {
 }
 
 fn digest_of(name: &[u8], digest: &[u8]) -> Result<B3Digest, DirectoryError> {
-    B3Digest::try_from(digest)
-        .map_err(|_| DirectoryError::DigestLength { name: lossy(name), len: digest.len() })
+    B3Digest::try_from(digest).map_err(|_| DirectoryError::DigestLength { name: lossy(name), len: digest.len() })
 }
 
 fn dir_node(name: &[u8], digest: &[u8], size: u64) -> Result<Node, DirectoryError> {
@@ -191,9 +187,7 @@ impl Directory {
         };
         let child_sizes = child_sizes.ok_or(DirectoryError::SizeOverflow)?;
         let n = self.entries.len() as u64 + 1;
-        n.checked_mul(2)
-            .and_then(|twice| twice.checked_add(child_sizes))
-            .ok_or(DirectoryError::SizeOverflow)?;
+        n.checked_mul(2).and_then(|twice| twice.checked_add(child_sizes)).ok_or(DirectoryError::SizeOverflow)?;
         self.child_sizes = child_sizes;
         self.entries.insert(name, node);
         Ok(())
@@ -249,17 +243,12 @@ impl Directory {
         for (name, node) in &self.entries {
             let name = name.0.clone();
             match node.clone() {
-                Node::Directory { digest, size } => out.directories.push(proto::DirectoryEntry {
-                    name,
-                    digest: digest.to_bytes(),
-                    size,
-                }),
-                Node::File { digest, size, executable } => out.files.push(proto::FileEntry {
-                    name,
-                    digest: digest.to_bytes(),
-                    size,
-                    executable,
-                }),
+                Node::Directory { digest, size } => {
+                    out.directories.push(proto::DirectoryEntry { name, digest: digest.to_bytes(), size })
+                }
+                Node::File { digest, size, executable } => {
+                    out.files.push(proto::FileEntry { name, digest: digest.to_bytes(), size, executable })
+                }
                 Node::Symlink { target } => out.symlinks.push(proto::SymlinkEntry { name, target }),
             }
         }
@@ -383,7 +372,11 @@ mod tests {
             assert!(matches!(Directory::try_from(msg), Err(DirectoryError::InvalidTarget { .. })));
         }
 
-        let huge = |name: &str| proto::DirectoryEntry { name: name.to_owned().into(), digest: vec![0; 32].into(), size: u64::MAX - 1 };
+        let huge = |name: &str| proto::DirectoryEntry {
+            name: name.to_owned().into(),
+            digest: vec![0; 32].into(),
+            size: u64::MAX - 1,
+        };
         let msg = proto::Directory { directories: vec![huge("a"), huge("b")], ..Default::default() };
         assert_eq!(Directory::try_from(msg), Err(DirectoryError::SizeOverflow));
     }

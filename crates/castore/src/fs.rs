@@ -49,8 +49,13 @@ struct WalkedDir {
 }
 
 enum Walked {
-    File { path: PathBuf, executable: bool },
-    Symlink { target: Bytes },
+    File {
+        path: PathBuf,
+        executable: bool,
+    },
+    Symlink {
+        target: Bytes,
+    },
     /// Index into the walk's directory list.
     Dir(usize),
 }
@@ -202,9 +207,8 @@ pub async fn ingest(blobs: &dyn BlobService, directories: &dyn DirectoryService,
         Ok::<_, Error>((root, walker.dirs))
     });
     let mut stored: HashMap<PathBuf, (B3Digest, u64)> = HashMap::new();
-    let mut done = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .map(|b| put_batch(blobs, b))
-        .buffer_unordered(PARALLEL_JOBS);
+    let mut done =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| put_batch(blobs, b)).buffer_unordered(PARALLEL_JOBS);
     let put: Result<()> = async {
         while let Some(batch) = done.try_next().await? {
             stored.extend(batch);
@@ -377,7 +381,12 @@ impl tokio::io::AsyncRead for FileReader {
 /// is written through a symlink or outside `target`. File contents are
 /// checked against their digest and size. Files are 0644 (0755 when
 /// executable), directories 0755.
-pub async fn export(blobs: &dyn BlobService, directories: &dyn DirectoryService, node: &Node, target: &Path) -> Result<()> {
+pub async fn export(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    node: &Node,
+    target: &Path,
+) -> Result<()> {
     let name = target
         .file_name()
         .ok_or_else(|| Error::InvalidRequest(format!("{}: not a path to create", target.display())))?;
@@ -406,7 +415,12 @@ pub async fn export(blobs: &dyn BlobService, directories: &dyn DirectoryService,
     result
 }
 
-async fn write_node(blobs: &dyn BlobService, directories: &dyn DirectoryService, node: &Node, path: &Path) -> Result<()> {
+async fn write_node(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    node: &Node,
+    path: &Path,
+) -> Result<()> {
     match node {
         Node::File { digest, size, executable } => write_file(blobs, digest, *size, *executable, path).await,
         Node::Symlink { target } => {
@@ -432,7 +446,9 @@ async fn write_node(blobs: &dyn BlobService, directories: &dyn DirectoryService,
                         Node::Symlink { target } => {
                             tokio::fs::symlink(std::ffi::OsStr::from_bytes(target), child_path).await?
                         }
-                        Node::File { digest, size, executable } => files.push((*digest, *size, *executable, child_path)),
+                        Node::File { digest, size, executable } => {
+                            files.push((*digest, *size, *executable, child_path))
+                        }
                     }
                 }
             }
@@ -515,7 +531,13 @@ async fn write_small_files(blobs: &dyn BlobService, batch: Vec<ExportFile>) -> R
     .map_err(Error::storage)?
 }
 
-async fn write_file(blobs: &dyn BlobService, digest: &B3Digest, size: u64, executable: bool, path: &Path) -> Result<()> {
+async fn write_file(
+    blobs: &dyn BlobService,
+    digest: &B3Digest,
+    size: u64,
+    executable: bool,
+    path: &Path,
+) -> Result<()> {
     let mut reader = blobs
         .open_read(digest)
         .await?

@@ -14,7 +14,8 @@ const FORMS: &str = "memory:, redb:/path/castore.redb, grpc+http://host:port, gr
                      grpc+unix:/path.sock (append ?package=tvix for tvix servers)";
 
 fn parse(addr: &str) -> Result<url::Url> {
-    url::Url::parse(addr).map_err(|e| Error::InvalidRequest(format!("invalid service address {addr:?}: {e}; use {FORMS}")))
+    url::Url::parse(addr)
+        .map_err(|e| Error::InvalidRequest(format!("invalid service address {addr:?}: {e}; use {FORMS}")))
 }
 
 /// A local engine for `memory:`, `redb+memory:` or `redb:PATH`.

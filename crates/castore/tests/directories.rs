@@ -10,7 +10,10 @@ use castore::{
 use futures::TryStreamExt;
 
 fn file(name: &str) -> (Name, Node) {
-    (Name::new(name.to_owned()).unwrap(), Node::File { digest: B3Digest::of(name.as_bytes()), size: name.len() as u64, executable: false })
+    (
+        Name::new(name.to_owned()).unwrap(),
+        Node::File { digest: B3Digest::of(name.as_bytes()), size: name.len() as u64, executable: false },
+    )
 }
 
 fn dir_of(entries: Vec<(Name, Node)>) -> Directory {
@@ -58,7 +61,10 @@ async fn closures_are_validated_whole() {
         assert_absent(&svc, &[root.clone(), mid.clone(), leaf.clone()]).await;
         // A directory that the root does not reach.
         let stray = dir_of(vec![file("stray")]);
-        invalid(svc.put_closure(vec![stray.clone(), leaf.clone(), mid.clone(), root.clone()]).await, "not below the root");
+        invalid(
+            svc.put_closure(vec![stray.clone(), leaf.clone(), mid.clone(), root.clone()]).await,
+            "not below the root",
+        );
         assert_absent(&svc, &[stray, root.clone(), mid.clone(), leaf.clone()]).await;
         // A size fitting neither formula.
         let mut bad = Directory::default();
@@ -73,7 +79,8 @@ async fn closures_are_validated_whole() {
         assert_eq!(svc.put(top.clone()).await.unwrap(), top.digest());
 
         // Recursive get: root first, breadth-first, each once.
-        let walked: Vec<B3Digest> = svc.get_recursive(&top.digest()).map_ok(|d| d.digest()).try_collect().await.unwrap();
+        let walked: Vec<B3Digest> =
+            svc.get_recursive(&top.digest()).map_ok(|d| d.digest()).try_collect().await.unwrap();
         assert_eq!(walked, vec![top.digest(), root.digest(), mid.digest(), leaf.digest()], "{name}");
 
         let missing = B3Digest::of(b"missing");
@@ -87,7 +94,9 @@ async fn documented_size_formula_is_accepted() {
         let svc = KvDirectoryService::new(kv);
         let leaf = dir_of(vec![file("a"), file("b")]);
         let mut parent = Directory::default();
-        parent.add(Name::new("leaf").unwrap(), Node::Directory { digest: leaf.digest(), size: leaf.size_documented() }).unwrap();
+        parent
+            .add(Name::new("leaf").unwrap(), Node::Directory { digest: leaf.digest(), size: leaf.size_documented() })
+            .unwrap();
         assert_ne!(leaf.size(), leaf.size_documented());
         assert_eq!(svc.put_closure(vec![leaf.clone(), parent.clone()]).await.unwrap(), parent.digest());
         assert_eq!(svc.get(&parent.digest()).await.unwrap(), Some(parent));

@@ -17,7 +17,8 @@ fn services() -> (Arc<dyn KvStore>, ChunkedBlobService, KvDirectoryService) {
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -106,7 +107,8 @@ async fn symlinks_in_the_tree_are_never_written_through() {
     let data = blobs.put_bytes(Bytes::from_static(b"payload"), None).await.unwrap();
     let mut d = Directory::default();
     d.add(Name::new("a-up").unwrap(), Node::Symlink { target: "../outside".into() }).unwrap();
-    d.add(Name::new("b-abs").unwrap(), Node::Symlink { target: outside.to_string_lossy().into_owned().into() }).unwrap();
+    d.add(Name::new("b-abs").unwrap(), Node::Symlink { target: outside.to_string_lossy().into_owned().into() })
+        .unwrap();
     d.add(Name::new("c-file").unwrap(), Node::File { digest: data, size: 7, executable: false }).unwrap();
     let digest = dirs.put(d.clone()).await.unwrap();
     let target = tmp.path().join("out");

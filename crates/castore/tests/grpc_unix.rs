@@ -21,7 +21,11 @@ async fn serve_unix(path: &std::path::Path, accept_tvix: bool) {
         .add_service(castore::grpc::directory_service_server(Arc::new(KvDirectoryService::new(kv))));
     let routes = routes.routes().into_axum_router();
     // Without the rewrite the server only knows snix paths.
-    let routes = if accept_tvix { PackageRewrite::accept_tvix(routes) } else { PackageRewrite::speak(routes, castore::grpc::Package::Snix) };
+    let routes = if accept_tvix {
+        PackageRewrite::accept_tvix(routes)
+    } else {
+        PackageRewrite::speak(routes, castore::grpc::Package::Snix)
+    };
     let listener = tokio::net::UnixListener::bind(path).unwrap();
     tokio::spawn(async move {
         loop {
@@ -57,9 +61,14 @@ async fn unix_socket_clients_speak_both_packages() {
         assert_eq!(tail, &data[1_234_567..], "{package}");
 
         let mut leaf = Directory::default();
-        leaf.add(Name::new("blob").unwrap(), Node::File { digest, size: data.len() as u64, executable: false }).unwrap();
+        leaf.add(Name::new("blob").unwrap(), Node::File { digest, size: data.len() as u64, executable: false })
+            .unwrap();
         let mut root = Directory::default();
-        root.add(Name::new(format!("{package}-leaf")).unwrap(), Node::Directory { digest: leaf.digest(), size: leaf.size() }).unwrap();
+        root.add(
+            Name::new(format!("{package}-leaf")).unwrap(),
+            Node::Directory { digest: leaf.digest(), size: leaf.size() },
+        )
+        .unwrap();
         assert_eq!(dirs.put_closure(vec![leaf.clone(), root.clone()]).await.unwrap(), root.digest());
         let walked: Vec<Directory> = dirs.get_recursive(&root.digest()).try_collect().await.unwrap();
         assert_eq!(walked, vec![root, leaf]);

@@ -53,9 +53,7 @@ fn http_router() -> Router {
 }
 
 fn is_grpc(req: &http::Request<hyper::body::Incoming>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
@@ -73,9 +71,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 
     // Before the port opens: whoever sees us listening may signal us.
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     info!(
         listen = %listener.local_addr()?,
         data = %cfg.data.display(),

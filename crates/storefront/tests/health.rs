@@ -5,13 +5,20 @@ use common::*;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 async fn channel(server: &Server) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.expect("connect")
+    tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
 }
 
 /// A plain HTTP/1.1 GET on the server's port.
 async fn get(server: &Server, path: &'static str) -> (u16, String) {
     let addr = server.addr;
-    tokio::task::spawn_blocking(move || http_get(addr, path)).await.unwrap().unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    tokio::task::spawn_blocking(move || http_get(addr, path))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,8 +63,12 @@ async fn reflection_lists_both_packages() {
     let server = Server::start();
     let channel = channel(&server).await;
     let mut client = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = client.server_reflection_info(futures::stream::iter([req])).await.expect("reflection").into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        client.server_reflection_info(futures::stream::iter([req])).await.expect("reflection").into_inner();
     let resp = stream.message().await.expect("reflection answer").expect("one message");
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
         panic!("unexpected reflection answer {resp:?}");

@@ -420,11 +420,7 @@ impl BlobService for ChunkedBlobService {
         Ok(chunk.map(|data| Box::new(std::io::Cursor::new(data)) as BlobReader))
     }
 
-    async fn put(
-        &self,
-        reader: &mut (dyn AsyncRead + Send + Unpin),
-        expected: Option<&B3Digest>,
-    ) -> Result<B3Digest> {
+    async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
         let mut blocks = Blocks::new(BLOCK.max(4 * self.chunker.max));
         let mut buf = BytesMut::with_capacity(FIRST_BLOCK);
         let mut ingest = Ingest::new(self);
@@ -527,7 +523,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn whole_digest_matches_blake3_at_segment_edges() {
-        let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), Chunker::new(16 << 10, 64 << 10, 256 << 10));
+        let svc =
+            ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), Chunker::new(16 << 10, 64 << 10, 256 << 10));
         let big = data(9 * SEGMENT + 4096, 1);
         let mut lens = vec![0, 1, 1023, 1024, 1025, 70_000];
         for k in [1, 2, 3, 4, 5, 7, 8, 9] {
@@ -536,7 +533,11 @@ mod tests {
         for len in lens {
             let input = &big[..len];
             let want = B3Digest::of(input);
-            assert_eq!(svc.put_bytes(Bytes::copy_from_slice(input), None).await.unwrap(), want, "put_bytes, {len} bytes");
+            assert_eq!(
+                svc.put_bytes(Bytes::copy_from_slice(input), None).await.unwrap(),
+                want,
+                "put_bytes, {len} bytes"
+            );
             let got = svc.put(&mut Trickle(input, 100_003), None).await.unwrap();
             assert_eq!(got, want, "put, {len} bytes");
             // Reads back whole, and the chunks tile the blob.

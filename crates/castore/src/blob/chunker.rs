@@ -24,16 +24,8 @@ impl Chunker {
     /// chunk, when `data` holds at least `max` bytes, or when it is less
     /// than `data.len()` (see [`Chunker::cut_known`]).
     pub fn cut(&self, data: &[u8]) -> usize {
-        let (_, n) = cut(
-            data,
-            self.min,
-            self.avg,
-            self.max,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-        );
+        let (_, n) =
+            cut(data, self.min, self.avg, self.max, self.mask_s, self.mask_l, self.mask_s << 1, self.mask_l << 1);
         n
     }
 }

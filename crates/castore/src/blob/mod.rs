@@ -15,8 +15,8 @@ mod reader;
 
 pub use chunked::ChunkedBlobService;
 pub use chunker::Chunker;
-pub use reader::{ChunkFetch, ChunkedReader};
 pub(crate) use reader::copy_out;
+pub use reader::{ChunkFetch, ChunkedReader};
 
 /// One chunk of a blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +50,7 @@ pub trait BlobService: Send + Sync + 'static {
     /// Stores everything `reader` yields and returns its digest. With
     /// `expected`, a stream whose digest differs is refused
     /// ([`crate::Error::InvalidRequest`]) and the blob does not become visible.
-    async fn put(
-        &self,
-        reader: &mut (dyn AsyncRead + Send + Unpin),
-        expected: Option<&B3Digest>,
-    ) -> Result<B3Digest>;
+    async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest>;
 
     /// Stores a blob held in memory.
     async fn put_bytes(&self, data: Bytes, expected: Option<&B3Digest>) -> Result<B3Digest> {
@@ -70,11 +66,7 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
         (**self).open_read(digest).await
     }
-    async fn put(
-        &self,
-        reader: &mut (dyn AsyncRead + Send + Unpin),
-        expected: Option<&B3Digest>,
-    ) -> Result<B3Digest> {
+    async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
         (**self).put(reader, expected).await
     }
 }
@@ -82,9 +74,9 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
 /// Refuses a blob whose digest is not the expected one.
 pub(crate) fn check_expected(actual: &B3Digest, expected: Option<&B3Digest>) -> Result<()> {
     match expected {
-        Some(e) if e != actual => Err(crate::Error::InvalidRequest(format!(
-            "blob digest mismatch: expected {e}, got {actual}"
-        ))),
+        Some(e) if e != actual => {
+            Err(crate::Error::InvalidRequest(format!("blob digest mismatch: expected {e}, got {actual}")))
+        }
         _ => Ok(()),
     }
 }

@@ -29,8 +29,8 @@ async fn load(kv: &dyn KvStore, digest: &B3Digest) -> Result<Option<Directory>> 
     let Some(data) = kv.get(Table::Directories, digest.as_bytes()).await? else {
         return Ok(None);
     };
-    let dir = Directory::decode(&data)
-        .map_err(|e| Error::Storage(format!("stored directory {digest} is corrupt: {e}")))?;
+    let dir =
+        Directory::decode(&data).map_err(|e| Error::Storage(format!("stored directory {digest} is corrupt: {e}")))?;
     Ok(Some(dir))
 }
 

@@ -127,7 +127,8 @@ impl BlobService for GrpcBlobService {
             .chunks
             .into_iter()
             .map(|c| {
-                let digest = B3Digest::try_from(&c.digest).map_err(|e| Error::Storage(format!("server sent a bad chunk digest: {e}")))?;
+                let digest = B3Digest::try_from(&c.digest)
+                    .map_err(|e| Error::Storage(format!("server sent a bad chunk digest: {e}")))?;
                 Ok(ChunkMeta { digest, size: c.size })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -171,7 +172,8 @@ impl BlobService for GrpcBlobService {
         };
         let (resp, local) = tokio::join!(call, feed);
         let local = local?;
-        let remote = B3Digest::try_from(&resp?.into_inner().digest).map_err(|e| Error::Storage(format!("server sent a bad digest: {e}")))?;
+        let remote = B3Digest::try_from(&resp?.into_inner().digest)
+            .map_err(|e| Error::Storage(format!("server sent a bad digest: {e}")))?;
         if remote != local {
             return Err(Error::Storage(format!("server stored {remote}, but we sent {local}")));
         }
@@ -382,7 +384,9 @@ impl DirectoryService for GrpcDirectoryService {
                         ))
                     })?;
                     if let Some(size) = sizes.into_iter().find(|&s| !dir.size_matches(s)) {
-                        return Err(Error::Storage(format!("directory {digest} does not fit its recorded size {size}")));
+                        return Err(Error::Storage(format!(
+                            "directory {digest} does not fit its recorded size {size}"
+                        )));
                     }
                 }
                 first = false;
@@ -414,14 +418,18 @@ impl DirectoryService for GrpcDirectoryService {
     }
 
     async fn put_closure(&self, dirs: Vec<Directory>) -> Result<B3Digest> {
-        let root = dirs.last().map(Directory::digest).ok_or_else(|| Error::InvalidRequest("empty directory closure".into()))?;
+        let root = dirs
+            .last()
+            .map(Directory::digest)
+            .ok_or_else(|| Error::InvalidRequest("empty directory closure".into()))?;
         let total: usize = dirs.iter().map(|d| d.encode().len()).sum();
         if total > MAX_CLOSURE_BYTES {
             return Err(Error::TooLarge(format!("directory closure exceeds {MAX_CLOSURE_BYTES} bytes")));
         }
         let stream = futures::stream::iter(dirs.into_iter().map(|d| d.to_proto()));
         let resp = self.client.clone().put(stream).await?.into_inner();
-        let got = B3Digest::try_from(&resp.root_digest).map_err(|e| Error::Storage(format!("server sent a bad root digest: {e}")))?;
+        let got = B3Digest::try_from(&resp.root_digest)
+            .map_err(|e| Error::Storage(format!("server sent a bad root digest: {e}")))?;
         if got != root {
             return Err(Error::Storage(format!("server answered root {got}, we sent {root}")));
         }

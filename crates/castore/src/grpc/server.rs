@@ -9,9 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     B3Digest, BlobService, Directory, DirectoryService, Error,
     dirsvc::MAX_CLOSURE_BYTES,
-    proto::{
-        self, blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer,
-    },
+    proto::{self, blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer},
 };
 
 /// Largest message a client may send: BlobChunks are split as the client
@@ -44,7 +42,8 @@ impl proto::blob_service_server::BlobService for BlobServer {
     async fn stat(&self, req: Request<proto::StatBlobRequest>) -> Result<Response<proto::StatBlobResponse>, Status> {
         let req = req.into_inner();
         let digest = parse_digest(&req.digest, "digest")?;
-        let chunks = self.blobs.stat(&digest).await?.ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let chunks =
+            self.blobs.stat(&digest).await?.ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
         let chunks = if req.send_chunks && chunks.len() > 1 {
             chunks
                 .into_iter()
@@ -60,7 +59,11 @@ impl proto::blob_service_server::BlobService for BlobServer {
 
     async fn read(&self, req: Request<proto::ReadBlobRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let digest = parse_digest(&req.into_inner().digest, "digest")?;
-        let reader = self.blobs.open_read(&digest).await?.ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let reader = self
+            .blobs
+            .open_read(&digest)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
         let stream = ReaderStream::with_capacity(reader, READ_CHUNK_SIZE)
             .map_ok(|data| proto::BlobChunk { data })
             .map_err(move |e| Status::internal(format!("reading blob {digest}: {e}")));
@@ -90,9 +93,7 @@ pub struct DirectoryServer {
 }
 
 /// The tonic service for `DirectoryService`, with limits set for real data.
-pub fn directory_service_server(
-    directories: Arc<dyn DirectoryService>,
-) -> DirectoryServiceServer<DirectoryServer> {
+pub fn directory_service_server(directories: Arc<dyn DirectoryService>) -> DirectoryServiceServer<DirectoryServer> {
     DirectoryServiceServer::new(DirectoryServer { directories }).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
@@ -107,7 +108,11 @@ impl proto::directory_service_server::DirectoryService for DirectoryServer {
         };
         let digest = parse_digest(&raw, "digest")?;
         if !req.recursive {
-            let dir = self.directories.get(&digest).await?.ok_or_else(|| Status::not_found(format!("directory {digest} not found")))?;
+            let dir = self
+                .directories
+                .get(&digest)
+                .await?
+                .ok_or_else(|| Status::not_found(format!("directory {digest} not found")))?;
             return Ok(Response::new(Box::pin(futures::stream::once(async move { Ok(dir.to_proto()) }))));
         }
         let mut stream = self.directories.get_recursive(&digest).peekable();
@@ -119,7 +124,10 @@ impl proto::directory_service_server::DirectoryService for DirectoryServer {
         Ok(Response::new(Box::pin(stream.map_ok(|d| d.to_proto()).map_err(Status::from))))
     }
 
-    async fn put(&self, req: Request<Streaming<proto::Directory>>) -> Result<Response<proto::PutDirectoryResponse>, Status> {
+    async fn put(
+        &self,
+        req: Request<Streaming<proto::Directory>>,
+    ) -> Result<Response<proto::PutDirectoryResponse>, Status> {
         let mut stream = req.into_inner();
         let mut dirs = Vec::new();
         let mut total = 0usize;

@@ -119,9 +119,8 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self> {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)?;
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| Error::InvalidRequest(format!("{} is not a file path", path.display())))?;
+        let file_name =
+            path.file_name().ok_or_else(|| Error::InvalidRequest(format!("{} is not a file path", path.display())))?;
         let path = parent.canonicalize()?.join(file_name);
 
         let mut open = OPEN.lock().expect("poisoned");
@@ -213,7 +212,9 @@ impl Inner {
     /// before the next commit finds little left. Only a head start: commits
     /// still sync for themselves.
     fn maybe_write_back_early(&self) {
-        if self.unsynced_small.load(Ordering::Relaxed) < EARLY_SYNC_FILES || self.early_sync.swap(true, Ordering::AcqRel) {
+        if self.unsynced_small.load(Ordering::Relaxed) < EARLY_SYNC_FILES
+            || self.early_sync.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         self.unsynced_small.store(0, Ordering::Relaxed);
@@ -312,14 +313,17 @@ fn start_writeback(file: &File, len: usize) {
 fn write_linked(dir: RawFd, shard: &str, relative: &CStr, value: &[u8]) -> std::io::Result<()> {
     let shard = CString::new(shard).map_err(std::io::Error::other)?;
     // SAFETY: plain syscall; the returned fd is owned by the File.
-    let fd = cvt(unsafe { libc::openat(dir, shard.as_ptr(), libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC, 0o666) })?;
+    let fd =
+        cvt(unsafe { libc::openat(dir, shard.as_ptr(), libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC, 0o666) })?;
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
     let mut file = unsafe { File::from_raw_fd(fd) };
     file.write_all(value)?;
     start_writeback(&file, value.len());
     let fd_path = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
     // SAFETY: both paths are valid NUL-terminated strings.
-    match cvt(unsafe { libc::linkat(libc::AT_FDCWD, fd_path.as_ptr(), dir, relative.as_ptr(), libc::AT_SYMLINK_FOLLOW) }) {
+    match cvt(unsafe {
+        libc::linkat(libc::AT_FDCWD, fd_path.as_ptr(), dir, relative.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+    }) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
