@@ -65,14 +65,44 @@ fn entry_name(path: &Path) -> Result<Name> {
     Name::new(raw).map_err(|e| Error::InvalidRequest(format!("{}: {e}", path.display())))
 }
 
+/// Groups small files into batches of at most [`BATCH_FILES`] files and
+/// [`BATCH_BYTES`] bytes, so each batch is one trip to the blocking pool.
+struct Batcher<T> {
+    current: Vec<T>,
+    bytes: u64,
+}
+
+impl<T> Batcher<T> {
+    fn new() -> Self {
+        Self { current: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds a file of `size` bytes; returns the batch it closed, if it did
+    /// not fit in the current one.
+    fn push(&mut self, item: T, size: u64) -> Option<Vec<T>> {
+        let full = self.current.len() == BATCH_FILES || self.bytes + size > BATCH_BYTES;
+        let closed = (full && !self.current.is_empty()).then(|| {
+            self.bytes = 0;
+            std::mem::take(&mut self.current)
+        });
+        self.bytes += size;
+        self.current.push(item);
+        closed
+    }
+
+    /// The last, partly filled batch.
+    fn finish(self) -> Option<Vec<T>> {
+        (!self.current.is_empty()).then_some(self.current)
+    }
+}
+
 /// The walk: directories listed children first, and files sent for storing
 /// (in batches) as soon as they are found, so storing starts with the walk.
 struct Walker {
     dirs: Vec<WalkedDir>,
     tx: tokio::sync::mpsc::Sender<Vec<(PathBuf, u64)>>,
     /// The batch of small files being gathered.
-    small: Vec<(PathBuf, u64)>,
-    bytes: u64,
+    small: Batcher<(PathBuf, u64)>,
 }
 
 impl Walker {
@@ -81,14 +111,10 @@ impl Walker {
         if size > SMALL_FILE {
             return self.send(vec![(path.to_owned(), size)]);
         }
-        if self.small.len() == BATCH_FILES || self.bytes + size > BATCH_BYTES {
-            let batch = std::mem::take(&mut self.small);
-            self.bytes = 0;
-            self.send(batch)?;
+        match self.small.push((path.to_owned(), size), size) {
+            Some(batch) => self.send(batch),
+            None => Ok(()),
         }
-        self.bytes += size;
-        self.small.push((path.to_owned(), size));
-        Ok(())
     }
 
     fn send(&self, batch: Vec<(PathBuf, u64)>) -> Result<()> {
@@ -96,11 +122,10 @@ impl Walker {
     }
 
     fn finish(&mut self) -> Result<()> {
-        if self.small.is_empty() {
-            return Ok(());
+        match std::mem::replace(&mut self.small, Batcher::new()).finish() {
+            Some(batch) => self.send(batch),
+            None => Ok(()),
         }
-        let batch = std::mem::take(&mut self.small);
-        self.send(batch)
     }
 
     fn classify(&mut self, path: PathBuf, meta: std::fs::Metadata) -> Result<Walked> {
@@ -200,7 +225,7 @@ pub async fn ingest(blobs: &dyn BlobService, directories: &dyn DirectoryService,
     let owned = path.to_owned();
     let (tx, rx) = tokio::sync::mpsc::channel(2 * PARALLEL_JOBS);
     let walk = tokio::task::spawn_blocking(move || {
-        let mut walker = Walker { dirs: Vec::new(), tx, small: Vec::new(), bytes: 0 };
+        let mut walker = Walker { dirs: Vec::new(), tx, small: Batcher::new() };
         let meta = std::fs::symlink_metadata(&owned)?;
         let root = walker.classify(owned, meta)?;
         walker.finish()?;
@@ -453,19 +478,15 @@ async fn write_node(
                 }
             }
             let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= SMALL_FILE);
-            let mut batches: Vec<Vec<ExportFile>> = Vec::new();
-            let mut bytes = 0;
-            for f in small {
-                let size = f.1;
-                match batches.last_mut() {
-                    Some(b) if b.len() < BATCH_FILES && bytes + size <= BATCH_BYTES => b.push(f),
-                    _ => {
-                        bytes = 0;
-                        batches.push(vec![f]);
-                    }
-                }
-                bytes += size;
-            }
+            let mut batcher = Batcher::new();
+            let mut batches: Vec<Vec<ExportFile>> = small
+                .into_iter()
+                .filter_map(|f| {
+                    let size = f.1;
+                    batcher.push(f, size)
+                })
+                .collect();
+            batches.extend(batcher.finish());
             futures::stream::iter(batches)
                 .map(|batch| write_small_files(blobs, batch))
                 .buffer_unordered(PARALLEL_JOBS)
@@ -487,22 +508,31 @@ fn file_mode(executable: bool) -> u32 {
     if executable { 0o755 } else { 0o644 }
 }
 
-/// Reads a whole blob of known size and checks it.
-async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
-    let reader = blobs
+/// Opens the blob to be written at `path`.
+async fn open_blob(blobs: &dyn BlobService, digest: &B3Digest, path: &Path) -> Result<crate::BlobReader> {
+    blobs
         .open_read(digest)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
-    let mut data = Vec::with_capacity(size as usize);
-    reader.take(size + 1).read_to_end(&mut data).await?;
-    let actual = B3Digest::of(&data);
-    if actual != *digest || data.len() as u64 != size {
+        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))
+}
+
+/// Refuses contents that are not the blob the directory names.
+fn check_read_back(digest: &B3Digest, actual: &B3Digest, len: u64, size: u64, path: &Path) -> Result<()> {
+    if actual != digest || len != size {
         return Err(Error::Storage(format!(
-            "blob {digest} read back as {actual} ({} bytes, expected {size}) for {}",
-            data.len(),
+            "blob {digest} read back as {actual} ({len} bytes, expected {size}) for {}",
             path.display()
         )));
     }
+    Ok(())
+}
+
+/// Reads a whole blob of known size and checks it.
+async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
+    let reader = open_blob(blobs, digest, path).await?;
+    let mut data = Vec::with_capacity(size as usize);
+    reader.take(size + 1).read_to_end(&mut data).await?;
+    check_read_back(digest, &B3Digest::of(&data), data.len() as u64, size, path)?;
     Ok(data)
 }
 
@@ -538,10 +568,7 @@ async fn write_file(
     executable: bool,
     path: &Path,
 ) -> Result<()> {
-    let mut reader = blobs
-        .open_read(digest)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
+    let mut reader = open_blob(blobs, digest, path).await?;
     let mode = file_mode(executable);
     let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).await?;
     let mut hasher = blake3::Hasher::new();
@@ -557,13 +584,7 @@ async fn write_file(
         written += n as u64;
     }
     file.flush().await?;
-    let actual = B3Digest::from(hasher.finalize());
-    if actual != *digest || written != size {
-        return Err(Error::Storage(format!(
-            "blob {digest} read back as {actual} ({written} bytes, expected {size}) for {}",
-            path.display()
-        )));
-    }
+    check_read_back(digest, &B3Digest::from(hasher.finalize()), written, size, path)?;
     // The umask may have narrowed the mode.
     tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).await?;
     Ok(())
@@ -586,4 +607,25 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
         return Err(e.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_close_at_the_file_and_byte_limits() {
+        let mut b = Batcher::new();
+        let closed: Vec<Vec<usize>> = (0..BATCH_FILES + 1).filter_map(|i| b.push(i, 1)).collect();
+        assert_eq!(closed, vec![(0..BATCH_FILES).collect::<Vec<_>>()]);
+        assert_eq!(b.finish(), Some(vec![BATCH_FILES]));
+
+        let mut b = Batcher::new();
+        let half = BATCH_BYTES / 2;
+        assert_eq!(b.push('a', half), None);
+        assert_eq!(b.push('b', half), None);
+        assert_eq!(b.push('c', 1), Some(vec!['a', 'b']));
+        assert_eq!(b.finish(), Some(vec!['c']));
+        assert_eq!(Batcher::<u8>::new().finish(), None);
+    }
 }
