@@ -422,11 +422,12 @@ impl DirectoryService for GrpcDirectoryService {
             .last()
             .map(Directory::digest)
             .ok_or_else(|| Error::InvalidRequest("empty directory closure".into()))?;
-        let total: usize = dirs.iter().map(|d| d.encode().len()).sum();
+        let msgs: Vec<proto::Directory> = dirs.iter().map(Directory::to_proto).collect();
+        let total: usize = msgs.iter().map(prost::Message::encoded_len).sum();
         if total > MAX_CLOSURE_BYTES {
             return Err(Error::TooLarge(format!("directory closure exceeds {MAX_CLOSURE_BYTES} bytes")));
         }
-        let stream = futures::stream::iter(dirs.into_iter().map(|d| d.to_proto()));
+        let stream = futures::stream::iter(msgs);
         let resp = self.client.clone().put(stream).await?.into_inner();
         let got = B3Digest::try_from(&resp.root_digest)
             .map_err(|e| Error::Storage(format!("server sent a bad root digest: {e}")))?;
