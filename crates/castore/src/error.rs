@@ -13,6 +13,10 @@ pub enum Error {
     /// Something the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request is well-formed but something it depends on is missing
+    /// (e.g. a PathInfo whose contents or references are not stored yet).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A request exceeds a size limit.
     #[error("{0}")]
     TooLarge(String),
@@ -59,6 +63,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::InvalidRequest(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::TooLarge(m) => Status::resource_exhausted(m),
             Error::Remote(s) => Status::new(s.code(), s.message().to_owned()),
             e @ (Error::Storage(_) | Error::Io(_)) => Status::new(Code::Internal, e.to_string()),

@@ -1,12 +1,12 @@
 //! Backends chosen by URL, in the spellings tvix/snix users know.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use crate::{
     BlobService, DirectoryService, Error, Result,
     blob::ChunkedBlobService,
     dirsvc::KvDirectoryService,
     grpc::{self, GrpcBlobService, GrpcDirectoryService},
-    kv::{EmbeddedStore, KvStore, MemoryStore},
+    kv::KvStore,
 };
 
 /// The URL forms, for error messages.
@@ -18,21 +18,6 @@ fn parse(addr: &str) -> Result<url::Url> {
         .map_err(|e| Error::InvalidRequest(format!("invalid service address {addr:?}: {e}; use {FORMS}")))
 }
 
-/// A local engine for `memory:`, `redb+memory:` or `redb:PATH`.
-fn kv(url: &url::Url) -> Result<Option<Arc<dyn KvStore>>> {
-    Ok(match url.scheme() {
-        "memory" | "redb+memory" => Some(Arc::new(MemoryStore::new())),
-        "redb" => {
-            let path = PathBuf::from(url.path());
-            if url.path().is_empty() {
-                return Err(Error::InvalidRequest(format!("{url}: redb needs a file path")));
-            }
-            Some(Arc::new(EmbeddedStore::open(&path)?))
-        }
-        _ => None,
-    })
-}
-
 /// Opens a local engine or a gRPC transport for `addr`, then builds the
 /// service with `local` or `remote`.
 fn open<T: ?Sized>(
@@ -42,7 +27,7 @@ fn open<T: ?Sized>(
     remote: impl FnOnce(grpc::Transport) -> Arc<T>,
 ) -> Result<Arc<T>> {
     let url = parse(addr)?;
-    if let Some(kv) = kv(&url)? {
+    if let Some(kv) = crate::kv::open_url(&url)? {
         return Ok(local(kv));
     }
     if url.scheme().starts_with("grpc+") {

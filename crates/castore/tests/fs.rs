@@ -80,7 +80,7 @@ async fn failed_export_leaves_nothing() {
 
     // A blob whose stored bytes do not match its digest (a corrupt backend).
     let claimed = B3Digest::of(b"what the directory expects");
-    kv.put(Table::Chunks, vec![(claimed.to_bytes(), Bytes::from_static(b"something else entirely"))]).await.unwrap();
+    kv.put(Table::CHUNKS, vec![(claimed.to_bytes(), Bytes::from_static(b"something else entirely"))]).await.unwrap();
     // And one that is missing altogether.
     let missing = B3Digest::of(b"never stored");
 

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod config;
+mod import;
 mod serve;
 
 #[derive(Parser)]
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Serve gRPC (tvix/snix castore) and HTTP on one address.
     Serve(config::ServeArgs),
+    /// Import store paths with their closures (from the local Nix store, a
+    /// `nix-store --export` stream, or a NAR) into a store.
+    Import(import::ImportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +35,6 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args.resolve()?)),
+        Command::Import(args) => runtime.block_on(import::run(args)),
     }
 }

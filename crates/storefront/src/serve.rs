@@ -27,22 +27,27 @@ async fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
         .with_context(|| format!("opening blob service {}", cfg.blob_service_addr))?;
     let directories = castore::directory_service_from_url(&cfg.directory_service_addr)
         .with_context(|| format!("opening directory service {}", cfg.directory_service_addr))?;
+    let paths = store::url::path_info_service_from_url(&cfg.path_info_service_addr, blobs.clone(), directories.clone())
+        .with_context(|| format!("opening PathInfo service {}", cfg.path_info_service_addr))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(castore::proto::SNIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(castore::proto::TVIX_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(store::proto::SNIX_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(store::proto::TVIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let mut routes = tonic::service::Routes::builder();
     routes
+        .add_service(store::pathinfo::path_info_service_server(paths, blobs.clone(), directories.clone()))
         .add_service(castore::grpc::blob_service_server(blobs))
         .add_service(castore::grpc::directory_service_server(directories))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    for name in castore::grpc::SERVICE_NAMES {
+    for name in castore::grpc::SERVICE_NAMES.into_iter().chain(store::pathinfo::SERVICE_NAMES) {
         health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }
     Ok(routes.routes().into_axum_router())
@@ -78,6 +83,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         data = %cfg.data.display(),
         blobs = %cfg.blob_service_addr,
         directories = %cfg.directory_service_addr,
+        path_info = %cfg.path_info_service_addr,
         "storefront serving gRPC and HTTP"
     );
 

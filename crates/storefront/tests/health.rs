@@ -31,6 +31,7 @@ async fn grpc_health_and_http_on_one_port() {
     for service in ["snix.castore.v1.BlobService", "tvix.castore.v1.DirectoryService"]
         .into_iter()
         .chain(castore::grpc::SERVICE_NAMES)
+        .chain(store::pathinfo::SERVICE_NAMES)
     {
         let resp = health.check(check(service)).await.unwrap_or_else(|s| panic!("Check {service}: {s:?}")).into_inner();
         assert_eq!(resp.status(), ServingStatus::Serving, "{service} should be SERVING");
@@ -74,7 +75,9 @@ async fn reflection_lists_both_packages() {
         panic!("unexpected reflection answer {resp:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in castore::grpc::SERVICE_NAMES.into_iter().chain(["grpc.health.v1.Health"]) {
+    for expected in
+        castore::grpc::SERVICE_NAMES.into_iter().chain(store::pathinfo::SERVICE_NAMES).chain(["grpc.health.v1.Health"])
+    {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }

@@ -83,11 +83,17 @@ async fn sigterm_right_after_start_up_exits_cleanly() {
     }
 }
 
-/// `--blob-service-addr memory: --directory-service-addr memory:` works and
-/// really keeps nothing on disk.
+/// `memory:` for all three services works and really keeps nothing on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_backends() {
-    let args = ["--blob-service-addr", "memory:", "--directory-service-addr", "memory:"];
+    let args = [
+        "--blob-service-addr",
+        "memory:",
+        "--directory-service-addr",
+        "memory:",
+        "--path-info-service-addr",
+        "memory:",
+    ];
     let mut server = Server::start_args(&args);
     let blobs = castore::blob_service_from_url(&server.url()).unwrap();
     let dirs = castore::directory_service_from_url(&server.url()).unwrap();

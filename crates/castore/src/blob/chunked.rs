@@ -67,7 +67,7 @@ impl ChunkedBlobService {
         Arc::new(move |digest: B3Digest| {
             let kv = kv.clone();
             Box::pin(async move {
-                kv.get(Table::Chunks, digest.as_bytes())
+                kv.get(Table::CHUNKS, digest.as_bytes())
                     .await?
                     .ok_or_else(|| Error::Storage(format!("chunk {digest} is missing")))
             })
@@ -79,7 +79,7 @@ impl ChunkedBlobService {
         tokio::spawn(async move {
             let digest = B3Digest::of(&data);
             let meta = ChunkMeta { digest, size: data.len() as u64 };
-            kv.put(Table::Chunks, vec![(digest.to_bytes(), data)]).await?;
+            kv.put(Table::CHUNKS, vec![(digest.to_bytes(), data)]).await?;
             Ok(meta)
         })
     }
@@ -255,9 +255,9 @@ impl<'a> Ingest<'a> {
             if compact.is_some_and(|cap| chunk.len() * 2 < cap) {
                 chunk = Bytes::copy_from_slice(&chunk);
             }
-            kv.put(Table::Chunks, vec![(digest.to_bytes(), chunk)]).await?;
+            kv.put(Table::CHUNKS, vec![(digest.to_bytes(), chunk)]).await?;
         } else {
-            kv.put(Table::Blobs, vec![(digest.to_bytes(), encode_chunks(&self.chunks))]).await?;
+            kv.put(Table::BLOBS, vec![(digest.to_bytes(), encode_chunks(&self.chunks))]).await?;
         }
         Ok(digest)
     }
@@ -406,17 +406,17 @@ fn populate(mem: &mut [std::mem::MaybeUninit<u8>]) {
 #[async_trait]
 impl BlobService for ChunkedBlobService {
     async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>> {
-        if let Some(list) = self.kv.get(Table::Blobs, digest.as_bytes()).await? {
+        if let Some(list) = self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
             return Ok(Some(decode_chunks(&list)?));
         }
-        Ok(self.kv.contains(Table::Chunks, digest.as_bytes()).await?.then(Vec::new))
+        Ok(self.kv.contains(Table::CHUNKS, digest.as_bytes()).await?.then(Vec::new))
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
-        if let Some(list) = self.kv.get(Table::Blobs, digest.as_bytes()).await? {
+        if let Some(list) = self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
             return Ok(Some(Box::new(ChunkedReader::new(decode_chunks(&list)?, self.fetch()))));
         }
-        let chunk = self.kv.get(Table::Chunks, digest.as_bytes()).await?;
+        let chunk = self.kv.get(Table::CHUNKS, digest.as_bytes()).await?;
         Ok(chunk.map(|data| Box::new(std::io::Cursor::new(data)) as BlobReader))
     }
 

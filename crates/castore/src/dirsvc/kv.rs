@@ -26,7 +26,7 @@ impl KvDirectoryService {
 }
 
 async fn load(kv: &dyn KvStore, digest: &B3Digest) -> Result<Option<Directory>> {
-    let Some(data) = kv.get(Table::Directories, digest.as_bytes()).await? else {
+    let Some(data) = kv.get(Table::DIRECTORIES, digest.as_bytes()).await? else {
         return Ok(None);
     };
     let dir =
@@ -82,7 +82,7 @@ impl DirectoryService for KvDirectoryService {
             }
             records.push((digest.to_bytes(), data));
         }
-        self.kv.put(Table::Directories, records).await?;
+        self.kv.put(Table::DIRECTORIES, records).await?;
         Ok(*digests.last().expect("validated non-empty"))
     }
 }

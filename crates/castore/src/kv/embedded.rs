@@ -20,6 +20,7 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     io::Write,
+    ops::Bound,
     os::fd::{AsRawFd, FromRawFd, RawFd},
     path::{Path, PathBuf},
     sync::{
@@ -32,22 +33,20 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::{KvStore, Table};
 use crate::{Error, Result};
 
-const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
-const DIRECTORIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("directories");
-
 fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
-    match table {
-        Table::Blobs => BLOBS,
-        Table::Directories => DIRECTORIES,
-        Table::Chunks => unreachable!("chunks are files"),
-    }
+    debug_assert!(table != Table::CHUNKS, "chunks are files");
+    TableDefinition::new(table.name())
 }
+
+/// Records read per read transaction while scanning a table.
+const SCAN_BATCH: usize = 1024;
 
 /// Most write requests folded into one redb commit.
 const MAX_GROUP: usize = 4096;
@@ -154,8 +153,8 @@ impl Inner {
 
         let db = redb::Database::create(path).map_err(Error::storage)?;
         let txn = db.begin_write().map_err(Error::storage)?;
-        for def in [BLOBS, DIRECTORIES] {
-            txn.open_table(def).map_err(Error::storage)?;
+        for table in [Table::BLOBS, Table::DIRECTORIES] {
+            txn.open_table(definition(table)).map_err(Error::storage)?;
         }
         txn.commit().map_err(Error::storage)?;
         let db = Arc::new(db);
@@ -180,6 +179,52 @@ impl Inner {
             early_sync: Arc::new(AtomicBool::new(false)),
             writer: Mutex::new(Some((tx, handle))),
         })
+    }
+
+    /// Up to [`SCAN_BATCH`] records of a redb table with keys after `after`.
+    fn record_batch(&self, table: Table, after: Option<&[u8]>) -> Result<Vec<(Bytes, Bytes)>> {
+        let txn = self.db.begin_read().map_err(Error::storage)?;
+        let t = match txn.open_table(definition(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::storage(e)),
+        };
+        let range = match after {
+            Some(after) => t.range::<&[u8]>((Bound::Excluded(after), Bound::Unbounded)),
+            None => t.range::<&[u8]>(..),
+        }
+        .map_err(Error::storage)?;
+        range
+            .take(SCAN_BATCH)
+            .map(|r| {
+                let (k, v) = r.map_err(Error::storage)?;
+                Ok((Bytes::copy_from_slice(k.value()), Bytes::copy_from_slice(v.value())))
+            })
+            .collect()
+    }
+
+    /// Up to [`SCAN_BATCH`] chunk files with digests after `after`, in
+    /// digest order (shards are hex prefixes, so walking them sorted is).
+    fn chunk_batch(&self, after: Option<&[u8]>) -> Result<Vec<(Bytes, Bytes)>> {
+        let after_hex = after.map(|a| data_encoding::HEXLOWER.encode(a));
+        let first_shard = after_hex.as_ref().map_or(0, |h| u8::from_str_radix(&h[..2], 16).unwrap_or(0));
+        let mut batch = Vec::new();
+        for shard in first_shard..=255u8 {
+            let mut names: Vec<String> = std::fs::read_dir(self.chunks.join(format!("{shard:02x}")))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| after_hex.as_ref().is_none_or(|a| n > a))
+                .collect();
+            names.sort_unstable();
+            for name in names {
+                let Ok(key) = data_encoding::HEXLOWER.decode(name.as_bytes()) else { continue };
+                let data = std::fs::read(self.chunks.join(format!("{shard:02x}")).join(&name))?;
+                batch.push((Bytes::from(key), Bytes::from(data)));
+                if batch.len() == SCAN_BATCH {
+                    return Ok(batch);
+                }
+            }
+        }
+        Ok(batch)
     }
 
     fn chunk_path(&self, key: &[u8]) -> PathBuf {
@@ -374,7 +419,7 @@ fn commit_group(db: &redb::Database, sync_dir: &File, dirty: &AtomicBool, group:
 #[async_trait]
 impl KvStore for EmbeddedStore {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>> {
-        if table == Table::Chunks {
+        if table == Table::CHUNKS {
             let path = self.inner.chunk_path(key);
             return match tokio::fs::read(path).await {
                 Ok(data) => Ok(Some(data.into())),
@@ -383,20 +428,25 @@ impl KvStore for EmbeddedStore {
             };
         }
         let txn = self.inner.db.begin_read().map_err(Error::storage)?;
-        let t = txn.open_table(definition(table)).map_err(Error::storage)?;
+        let t = match txn.open_table(definition(table)) {
+            Ok(t) => t,
+            // A table of a higher layer is created by its first write.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(Error::storage(e)),
+        };
         let value = t.get(key).map_err(Error::storage)?;
         Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
     }
 
     async fn contains(&self, table: Table, key: &[u8]) -> Result<bool> {
-        if table == Table::Chunks {
+        if table == Table::CHUNKS {
             return Ok(tokio::fs::try_exists(self.inner.chunk_path(key)).await?);
         }
         Ok(self.get(table, key).await?.is_some())
     }
 
     async fn put(&self, table: Table, records: Vec<(Bytes, Bytes)>) -> Result<()> {
-        if table == Table::Chunks {
+        if table == Table::CHUNKS {
             let (done, wait) = oneshot::channel();
             let start = {
                 let mut queue = self.inner.chunk_queue.lock().expect("poisoned");
@@ -425,5 +475,29 @@ impl KvStore for EmbeddedStore {
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
         }
         wait.await.map_err(|_| stopped())?
+    }
+
+    fn scan(&self, table: Table) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
+        let inner = self.inner.clone();
+        crate::dirsvc::async_stream(move |tx| async move {
+            let mut after: Option<Bytes> = None;
+            loop {
+                let (inner2, from) = (inner.clone(), after.clone());
+                let batch = if table == Table::CHUNKS {
+                    tokio::task::spawn_blocking(move || inner2.chunk_batch(from.as_deref())).await
+                } else {
+                    tokio::task::spawn_blocking(move || inner2.record_batch(table, from.as_deref())).await
+                }
+                .map_err(Error::storage)??;
+                let Some((last, _)) = batch.last() else { return Ok(()) };
+                after = Some(last.clone());
+                for record in batch {
+                    if tx.send(Ok(record)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 }

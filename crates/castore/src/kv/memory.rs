@@ -7,6 +7,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
 
 use super::{KvStore, Table};
 use crate::Result;
@@ -16,7 +17,7 @@ type Map = HashMap<Bytes, Bytes>;
 /// An in-memory engine; clones share the same records.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    tables: Arc<[RwLock<Map>; 3]>,
+    tables: Arc<RwLock<HashMap<&'static str, Map>>>,
 }
 
 impl MemoryStore {
@@ -24,26 +25,35 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn table(&self, t: Table) -> &RwLock<Map> {
-        &self.tables[t as usize]
+    fn read<T>(&self, t: Table, f: impl FnOnce(Option<&Map>) -> T) -> T {
+        f(self.tables.read().expect("poisoned").get(t.name()))
     }
 }
 
 #[async_trait]
 impl KvStore for MemoryStore {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.table(table).read().expect("poisoned").get(key).cloned())
+        Ok(self.read(table, |m| m.and_then(|m| m.get(key).cloned())))
     }
 
     async fn contains(&self, table: Table, key: &[u8]) -> Result<bool> {
-        Ok(self.table(table).read().expect("poisoned").contains_key(key))
+        Ok(self.read(table, |m| m.is_some_and(|m| m.contains_key(key))))
     }
 
     async fn put(&self, table: Table, records: Vec<(Bytes, Bytes)>) -> Result<()> {
-        let mut map = self.table(table).write().expect("poisoned");
+        let mut tables = self.tables.write().expect("poisoned");
+        let map = tables.entry(table.name()).or_default();
         for (k, v) in records {
             map.entry(k).or_insert(v);
         }
         Ok(())
+    }
+
+    fn scan(&self, table: Table) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
+        // A snapshot: values are reference-counted, so this copies no data.
+        let records: Vec<_> = self
+            .read(table, |m| m.map(|m| m.iter().map(|(k, v)| Ok((k.clone(), v.clone()))).collect()))
+            .unwrap_or_default();
+        futures::stream::iter(records).boxed()
     }
 }

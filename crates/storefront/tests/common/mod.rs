@@ -2,6 +2,8 @@
 //! process on a loopback port, a deterministic PRNG, and small gRPC helpers.
 #![allow(dead_code)]
 
+pub mod nix;
+
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fmt::Debug,
@@ -365,4 +367,48 @@ pub fn assert_bfs(got: &[Directory], all: &[Directory], root: &B3Digest) {
         assert_eq!(got_dir, by_digest[&d], "directory #{i} differs from what was put");
         announced.extend(got_dir.directories().map(|(_, c, _)| c));
     }
+}
+
+/// One reference vector (tests/vectors/castore.json): a NAR and its hash.
+pub struct Vector {
+    pub name: String,
+    pub nar: PathBuf,
+    pub nar_size: u64,
+    pub nar_sha256_hex: String,
+}
+
+/// The reference vectors, with absolute NAR paths.
+pub fn vectors() -> Vec<Vector> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors");
+    let text = std::fs::read_to_string(dir.join("castore.json")).expect("tests/vectors/castore.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("vector JSON");
+    let vectors: Vec<Vector> = json
+        .as_array()
+        .expect("a list of vectors")
+        .iter()
+        .map(|v| Vector {
+            name: v["name"].as_str().expect("name").to_owned(),
+            nar: dir.join(v["nar"].as_str().expect("nar")),
+            nar_size: v["nar_size"].as_u64().expect("nar_size"),
+            nar_sha256_hex: v["nar_sha256_hex"].as_str().expect("nar_sha256_hex").to_owned(),
+        })
+        .collect();
+    assert!(vectors.len() >= 9, "expected the full vector set");
+    vectors
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `storefront` command (the binary under test) with an environment that
+/// does not leak the caller's configuration.
+pub fn storefront() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_storefront"));
+    for var in ["STOREFRONT_STORE", "STOREFRONT_CONFIG", "STOREFRONT_DATA", "STOREFRONT_LISTEN", "NIX_STORE_DIR"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1").env("RUST_BACKTRACE", "0").env("STOREFRONT_LOG", "warn");
+    cmd
 }

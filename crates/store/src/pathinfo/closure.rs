@@ -1,0 +1,153 @@
+//! Closures: a set of store paths plus everything they reference,
+//! transitively, as recorded in PathInfo.
+use std::collections::{HashMap, HashSet};
+
+use castore::{Error, Result};
+use futures::{StreamExt, stream::FuturesUnordered};
+
+use super::{PathInfo, PathInfoService};
+use crate::StorePath;
+
+/// PathInfo lookups in flight while walking a closure.
+const PARALLEL_GETS: usize = 32;
+
+/// The closure of `roots`, references before the paths that refer to them
+/// (so putting them in this order satisfies every reference check).
+///
+/// Fails with `NotFound` naming every path that is missing, whether a root
+/// or a reference (the latter means the store is inconsistent).
+pub async fn closure(paths: &dyn PathInfoService, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
+    let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
+    let mut found: HashMap<StorePath, PathInfo> = HashMap::new();
+    let mut missing = Vec::new();
+    let mut pending: FuturesUnordered<_> = FuturesUnordered::new();
+    let mut queue: Vec<StorePath> = seen.iter().cloned().collect();
+    loop {
+        while pending.len() < PARALLEL_GETS
+            && let Some(path) = queue.pop()
+        {
+            pending.push(async move { (paths.get(path.digest()).await, path) });
+        }
+        let Some((result, path)) = pending.next().await else { break };
+        match result? {
+            Some(info) => {
+                for r in &info.references {
+                    if seen.insert(r.clone()) {
+                        queue.push(r.clone());
+                    }
+                }
+                found.insert(path, info);
+            }
+            None => missing.push(path.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(Error::NotFound(format!("not in the store: {}", missing.join(", "))));
+    }
+    Ok(references_first(found.into_values().collect()))
+}
+
+/// Orders `infos` so that every path comes after the paths it references
+/// that are in the set (self-references and references outside the set are
+/// ignored). Ties are broken by store path, so the order is deterministic.
+pub fn references_first(mut infos: Vec<PathInfo>) -> Vec<PathInfo> {
+    infos.sort_by(|a, b| a.store_path.cmp(&b.store_path));
+    let index: HashMap<&StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (&p.store_path, i)).collect();
+    // Depth-first post-order with an explicit stack (closures can be deep).
+    let mut state = vec![0u8; infos.len()]; // 0 new, 1 on the stack, 2 done
+    let mut order = Vec::with_capacity(infos.len());
+    for start in 0..infos.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        state[start] = 1;
+        while let Some((node, next)) = stack.last_mut() {
+            let refs = &infos[*node].references;
+            if let Some(r) = refs.get(*next) {
+                *next += 1;
+                if let Some(&child) = index.get(r)
+                    && state[child] == 0
+                {
+                    state[child] = 1;
+                    stack.push((child, 0));
+                }
+            } else {
+                state[*node] = 2;
+                order.push(*node);
+                stack.pop();
+            }
+        }
+    }
+    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
+    order.into_iter().map(|i| slots[i].take().expect("each path once")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use castore::Node;
+
+    use super::*;
+    use crate::url::path_info_service_from_url;
+
+    fn info(seed: u8, references: &[u8]) -> PathInfo {
+        let path = |s: u8| StorePath::from_parts([s; 20], &format!("p{s}")).unwrap();
+        PathInfo {
+            store_path: path(seed),
+            node: Node::Symlink { target: Bytes::from_static(b"x") },
+            references: references.iter().map(|&r| path(r)).collect(),
+            nar_size: 1,
+            nar_sha256: [0; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    fn assert_references_first(order: &[PathInfo]) {
+        let pos: HashMap<_, _> = order.iter().enumerate().map(|(i, p)| (&p.store_path, i)).collect();
+        for (i, p) in order.iter().enumerate() {
+            for r in &p.references {
+                if let Some(&j) = pos.get(r) {
+                    assert!(j <= i, "{} comes before its reference {r}", p.store_path);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn walks_references_and_orders_them() {
+        let blobs = castore::blob_service_from_url("memory:").unwrap();
+        let dirs = castore::directory_service_from_url("memory:").unwrap();
+        let paths = path_info_service_from_url("memory:", blobs, dirs).unwrap();
+        // 1 ← 2 ← 3 (3 refers to itself too), 1 ← 4, 5 unrelated.
+        for i in [info(1, &[]), info(2, &[1]), info(3, &[2, 3, 1]), info(4, &[1]), info(5, &[])] {
+            paths.put(i).await.unwrap();
+        }
+        let root = info(3, &[]).store_path;
+        let got = closure(&*paths, &[root]).await.unwrap();
+        let mut names: Vec<String> = got.iter().map(|p| p.store_path.name().to_owned()).collect();
+        assert_references_first(&got);
+        names.sort();
+        assert_eq!(names, ["p1", "p2", "p3"]);
+
+        let missing = info(9, &[]).store_path;
+        match closure(&*paths, std::slice::from_ref(&missing)).await {
+            Err(Error::NotFound(m)) => assert!(m.contains(&missing.to_string()), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_chains_do_not_overflow() {
+        // 250 paths, each referring to the previous one, given newest first.
+        let chain: Vec<PathInfo> =
+            (1..=250u8).rev().map(|i| if i > 1 { info(i, &[i - 1]) } else { info(1, &[]) }).collect();
+        let order = references_first(chain);
+        assert_eq!(order.len(), 250);
+        assert_references_first(&order);
+        assert_eq!(order[0].store_path.digest()[0], 1);
+    }
+}
