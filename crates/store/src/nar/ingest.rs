@@ -1,17 +1,20 @@
 //! Streaming NAR ingest: one pass over the input, contents into blobs,
 //! directories as one closure at the end.
 //!
-//! Three things run at once. The calling task reads the input into large
-//! blocks and parses it; every piece read is handed, shared, to the SHA-256
-//! thread ([`ShaPipe`]). File contents go to the blob service: small files
-//! are copied out and stored many at a time (`put_bytes`), a large file is
-//! streamed to a `put` through a bounded queue of slices of the read blocks.
-//! The puts are polled beside the parser (the blob service spreads its own
-//! hashing and writing over further tasks). The tree is kept as a list of
-//! directories in the order they close (children first); once the parser has
-//! seen the exact end of the NAR and every put has answered, the directories
-//! are built and put as one closure, so a malformed NAR leaves no directory
-//! behind (only unreferenced blobs).
+//! Three futures run side by side in the calling task, and a thread beside
+//! them. The [`Pump`] reads the input into large reused blocks and hands
+//! each piece, shared (no copy), both to the SHA-256 thread ([`ShaPipe`])
+//! and, through a short queue, to the [`Parser`], so reading runs ahead of
+//! parsing. The parser reads tokens in place and sends file contents to the
+//! puts: a small file is copied out and stored with `put_bytes` (many at a
+//! time), a large one is streamed to a `put` as slices of the read blocks
+//! through a bounded queue. The blob service spreads its own hashing and
+//! writing over further tasks. The tree is kept as a list of directories in
+//! the order they close (children first); once the parser has seen the
+//! exact end of the NAR and every put has answered, the directories are
+//! built and put as one closure, so a malformed NAR leaves no directory
+//! behind (only unreferenced blobs). Memory stays bounded: a few read
+//! blocks, the queues, and the directory listing itself.
 use std::{
     collections::HashSet,
     io,

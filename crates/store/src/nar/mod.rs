@@ -1,6 +1,6 @@
 //! NAR (Nix ARchive) ingest into castore, and NAR rendering from it.
 //!
-//! - [`ingest`] reads a NAR stream once: every byte goes through SHA-256 (on
+//! - [`ingest()`] reads a NAR stream once: every byte goes through SHA-256 (on
 //!   a thread of its own, in large pieces, so hashing overlaps parsing and
 //!   storing), file contents stream into the [`castore::BlobService`], and
 //!   the directories are put as one closure at the end, only when the whole
