@@ -2,14 +2,16 @@
 //!
 //! Prints Markdown tables. Every measured phase runs in a fresh child process
 //! (this binary, re-executed), so its peak RSS (VmHWM) belongs to that phase
-//! alone and no page of one phase's store is shared with the next.
+//! alone and no page of one phase's store is shared with the next; the
+//! harness, shared with the NAR benchmark, is `testkit::bench`.
 //!
 //! Workloads, generated under a temporary directory (default `/tmp`, override
 //! with `CASTORE_BENCH_TMP`) and synced to disk before any timing, so input
 //! files are read from a clean page cache and their writeback does not compete
 //! with the store's:
 //! - one pseudo-random 1 GiB file (`CASTORE_BENCH_LARGE_MIB` to change);
-//! - 20,000 pseudo-random files of 0–4 KiB in 200 directories;
+//! - 20,000 pseudo-random files of 0–4 KiB in 200 directories
+//!   (`bench::small_tree`, also the NAR benchmark's small-file NAR);
 //! - a 256 MiB pseudo-random file and a copy with 16 small edits spread
 //!   through it, ingested with average chunk sizes from 64 KiB to 1 MiB.
 //!
@@ -18,15 +20,7 @@
 //! deleted with the work directory (see `scripts/bench` on why). The tables
 //! go to stdout, progress to stderr; `scripts/bench` writes them, with the
 //! machine's description, to docs/benchmarks.md.
-use std::{
-    collections::{BTreeMap, HashSet},
-    fmt::Write as _,
-    io::Write as _,
-    path::Path,
-    process::Command,
-    sync::Arc,
-    time::Instant,
-};
+use std::{collections::HashSet, fmt::Write as _, path::Path, sync::Arc, time::Instant};
 
 use castore::{
     B3Digest, BlobService, Node,
@@ -34,13 +28,14 @@ use castore::{
     dirsvc::KvDirectoryService,
     kv::{EmbeddedStore, KvStore, MemoryStore},
 };
+use testkit::{
+    Rng,
+    bench::{
+        self, MIB, Out, Res, SMALL_DIRS, SMALL_FILES, Stat, Step, WorkDir, env_usize, proc_status_kib, table_head, yes,
+    },
+};
 use tokio::io::AsyncReadExt;
 
-const MIB: f64 = (1u64 << 20) as f64;
-const SMALL_FILES: usize = 20_000;
-const SMALL_TOP: usize = 20;
-const SMALL_SUB: usize = 10;
-const SMALL_MAX: u64 = 4096;
 const DEDUP_MIB: usize = 256;
 const DEDUP_EDITS: usize = 16;
 /// (min, avg, max) chunk sizes compared; the default is measured among them.
@@ -57,81 +52,41 @@ const TARGET_MEM_MIBS: f64 = 1024.0;
 const TARGET_EMB_MIBS: f64 = 500.0;
 const TARGET_FILES: f64 = 20_000.0;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 // ---------------------------------------------------------------- data
 
-/// wyrand: fast, deterministic pseudo-random bytes (incompressible enough
-/// that no chunk repeats).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = (self.0 as u128).wrapping_mul((self.0 ^ 0xe703_7ed1_a0b4_28db) as u128);
-        ((t >> 64) ^ t) as u64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut it = buf.chunks_exact_mut(8);
-        for c in &mut it {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rest = it.into_remainder();
-        let last = self.next().to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
-    }
-}
-
 fn write_random(path: &Path, size: u64, seed: u64) {
-    let mut rng = Rng(seed);
-    let mut f = std::io::BufWriter::with_capacity(0, std::fs::File::create(path).unwrap());
-    let mut buf = vec![0u8; 4 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        f.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.into_inner().unwrap().sync_all().unwrap();
+    let mut f = std::fs::File::create(path).unwrap();
+    Rng::new(seed).write(&mut f, size, &mut vec![0u8; 4 << 20]).unwrap();
+    f.sync_all().unwrap();
 }
 
-/// `SMALL_FILES` files of 0..=4 KiB in SMALL_TOP × SMALL_SUB leaf directories.
+/// The small-file workload (`bench::small_tree`) as files under `root`.
 fn write_small_tree(root: &Path) -> u64 {
     use std::os::unix::fs::PermissionsExt;
-    let mut rng = Rng(42);
-    let mut total = 0;
-    let per_dir = SMALL_FILES / (SMALL_TOP * SMALL_SUB);
-    let mut buf = vec![0u8; SMALL_MAX as usize];
-    for t in 0..SMALL_TOP {
-        for s in 0..SMALL_SUB {
-            let dir = root.join(format!("d{t:02}")).join(format!("s{s:02}"));
+    let mut dir = root.to_owned();
+    bench::small_tree(|step| match step {
+        Step::Enter(name) => {
+            dir.push(name);
             std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..per_dir {
-                let size = rng.below(SMALL_MAX + 1) as usize;
-                rng.fill(&mut buf[..size]);
-                let p = dir.join(format!("f{i:03}"));
-                std::fs::write(&p, &buf[..size]).unwrap();
-                if i % 16 == 0 {
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-                }
-                total += size as u64;
+        }
+        Step::File { name, data, executable } => {
+            let p = dir.join(name);
+            std::fs::write(&p, data).unwrap();
+            if executable {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
         }
-    }
-    total
+        Step::Leave => {
+            dir.pop();
+        }
+    })
 }
 
 /// Copies `base` to `edited` with DEDUP_EDITS small edits spread through it
 /// (cycling: insert 64 bytes, overwrite 64 bytes, delete 64 bytes).
 fn write_edited(base: &Path, edited: &Path) -> String {
     let data = std::fs::read(base).unwrap();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let stride = data.len() / DEDUP_EDITS;
     let mut out = Vec::with_capacity(data.len() + 4096);
     let mut pos = 0;
@@ -160,14 +115,6 @@ fn write_edited(base: &Path, edited: &Path) -> String {
 
 // ---------------------------------------------------------------- child side
 
-fn proc_status_kib(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// User + system CPU time of this process so far (all threads).
 fn cpu_seconds() -> f64 {
     // SAFETY: zeroed rusage is a valid out-parameter.
@@ -175,24 +122,6 @@ fn cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-struct Out(BTreeMap<String, String>);
-
-impl Out {
-    fn new() -> Self {
-        Self(BTreeMap::new())
-    }
-    fn set(&mut self, k: &str, v: impl ToString) {
-        self.0.insert(k.into(), v.to_string());
-    }
-    fn print(self) {
-        let mut line = String::from("RESULT");
-        for (k, v) in self.0 {
-            write!(line, " {k}={v}").unwrap();
-        }
-        println!("{line}");
-    }
 }
 
 fn open_kv(backend: &str, store: &str) -> Arc<dyn KvStore> {
@@ -323,66 +252,13 @@ async fn child(args: Vec<String>) {
         }
         // disk SOURCE TARGET: the filesystem's own durable write speed for
         // this data: copy with 4 MiB writes, then fsync.
-        "disk" => {
-            use std::io::Read;
-            let t = Instant::now();
-            let mut src = std::fs::File::open(a(1)).unwrap();
-            let mut dst = std::fs::File::create_new(a(2)).unwrap();
-            let mut buf = vec![0u8; 4 << 20];
-            loop {
-                let n = src.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                dst.write_all(&buf[..n]).unwrap();
-            }
-            dst.sync_all().unwrap();
-            out.set("disk_s", t.elapsed().as_secs_f64());
-        }
+        "disk" => out.set("disk_s", bench::copy_fsync(Path::new(a(1)), Path::new(a(2)))),
         other => panic!("unknown phase {other}"),
     }
     out.print();
 }
 
 // ---------------------------------------------------------------- parent side
-
-type Res = BTreeMap<String, String>;
-
-fn run_child(args: &[&str]) -> Res {
-    let exe = std::env::current_exe().unwrap();
-    let output = Command::new(exe).env("CASTORE_BENCH_CHILD", "1").args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        panic!("phase {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    }
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("phase printed RESULT");
-    line.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
-}
-
-fn f(r: &Res, k: &str) -> f64 {
-    r.get(k).unwrap_or_else(|| panic!("missing {k}")).parse().unwrap()
-}
-
-/// Median, min and max of a series.
-struct Stat {
-    med: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stat {
-    fn of(mut v: Vec<f64>) -> Self {
-        v.sort_by(f64::total_cmp);
-        Self { med: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
-    }
-    fn show(&self, decimals: usize) -> String {
-        if self.min == self.max {
-            format!("{:.*}", decimals, self.med)
-        } else {
-            format!("{:.*} ({:.*}–{:.*})", decimals, self.med, decimals, self.min, decimals, self.max)
-        }
-    }
-}
 
 fn fs_type(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
@@ -403,17 +279,10 @@ fn fs_type(p: &Path) -> String {
     }
 }
 
-fn yes(b: bool) -> &'static str {
-    if b { "**yes**" } else { "**no**" }
-}
-
 fn parent() {
     let runs = env_usize("CASTORE_BENCH_RUNS", 5).max(1);
     let large_mib = env_usize("CASTORE_BENCH_LARGE_MIB", 1024) as u64;
-    let base_tmp = std::env::var("CASTORE_BENCH_TMP").unwrap_or_else(|_| "/tmp".into());
-    let stamp = Path::new(&base_tmp).join(".castore-bench-cleanup");
-    wait_after_cleanup(&stamp);
-    let work = tempfile::Builder::new().prefix("castore-bench-").tempdir_in(&base_tmp).unwrap();
+    let work = WorkDir::new("castore");
     let w = work.path();
     let fstype = fs_type(w);
     let started = Instant::now();
@@ -446,30 +315,30 @@ fn parent() {
     let (mut mem_in, mut mem_read, mut mem_hwm) = (vec![], vec![], vec![]);
     let (mut emb_in, mut emb_hot, mut emb_cold, mut emb_hwm, mut disk) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
-        let r = run_child(&["ingest", "memory", "", l]);
-        mem_in.push(large_bytes as f64 / MIB / f(&r, "ingest_s"));
-        mem_read.push(large_bytes as f64 / MIB / f(&r, "read_s"));
-        mem_hwm.push(f(&r, "hwm_kib") / 1024.0);
+        let r = bench::run_child(&["ingest", "memory", "", l]);
+        mem_in.push(large_bytes as f64 / MIB / r.f64("ingest_s"));
+        mem_read.push(large_bytes as f64 / MIB / r.f64("read_s"));
+        mem_hwm.push(r.f64("hwm_kib") / 1024.0);
     }
     let mut stored = Vec::new();
     for i in 0..runs {
         // The plain copy right before each embedded run: the same disk, as
         // nearly as possible in the same state.
-        let r = run_child(&["disk", l, &path(&format!("disk-{i}.bin"))]);
-        disk.push(large_bytes as f64 / MIB / f(&r, "disk_s"));
+        let r = bench::run_child(&["disk", l, &path(&format!("disk-{i}.bin"))]);
+        disk.push(large_bytes as f64 / MIB / r.f64("disk_s"));
         let s = store(&format!("large-{i}"));
-        let r = run_child(&["ingest", "embedded", &s, l]);
-        emb_in.push(large_bytes as f64 / MIB / f(&r, "ingest_s"));
-        emb_hwm.push(f(&r, "hwm_kib") / 1024.0);
+        let r = bench::run_child(&["ingest", "embedded", &s, l]);
+        emb_in.push(large_bytes as f64 / MIB / r.f64("ingest_s"));
+        emb_hwm.push(r.f64("hwm_kib") / 1024.0);
         stored.push((s, r["digest"].clone(), r["size"].clone()));
     }
     for (s, digest, size) in &stored {
-        let r = run_child(&["read", s, digest, size, "hot"]);
-        emb_hot.push(large_bytes as f64 / MIB / f(&r, "read_s"));
+        let r = bench::run_child(&["read", s, digest, size, "hot"]);
+        emb_hot.push(large_bytes as f64 / MIB / r.f64("read_s"));
     }
     for (s, digest, size) in &stored {
-        let r = run_child(&["read", s, digest, size, "cold"]);
-        emb_cold.push(large_bytes as f64 / MIB / f(&r, "read_s"));
+        let r = bench::run_child(&["read", s, digest, size, "cold"]);
+        emb_cold.push(large_bytes as f64 / MIB / r.f64("read_s"));
     }
     eprintln!("large file done at {:.1}s", started.elapsed().as_secs_f64());
 
@@ -478,22 +347,22 @@ fn parent() {
     let n = SMALL_FILES as f64;
     let (mut mem_small, mut mem_export, mut emb_small, mut emb_export) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
-        let r = run_child(&["ingest", "memory", "", t, &path(&format!("export-memory-{i}"))]);
-        mem_small.push(n / f(&r, "ingest_s"));
-        mem_export.push(n / f(&r, "export_s"));
+        let r = bench::run_child(&["ingest", "memory", "", t, &path(&format!("export-memory-{i}"))]);
+        mem_small.push(n / r.f64("ingest_s"));
+        mem_export.push(n / r.f64("export_s"));
     }
     for i in 0..runs {
         let s = store(&format!("small-{i}"));
-        let r = run_child(&["ingest", "embedded", &s, t]);
-        emb_small.push(n / f(&r, "ingest_s"));
-        let r = run_child(&["export", &s, &r["digest"], &r["size"], &path(&format!("export-embedded-{i}"))]);
-        emb_export.push(n / f(&r, "export_s"));
+        let r = bench::run_child(&["ingest", "embedded", &s, t]);
+        emb_small.push(n / r.f64("ingest_s"));
+        let r = bench::run_child(&["export", &s, &r["digest"], &r["size"], &path(&format!("export-embedded-{i}"))]);
+        emb_export.push(n / r.f64("export_s"));
     }
     eprintln!("small files done at {:.1}s", started.elapsed().as_secs_f64());
 
     // (d) Memory bound: embedded peak RSS for a 4× smaller blob.
-    let r = run_child(&["ingest", "embedded", &store("bound"), base.to_str().unwrap()]);
-    let emb_hwm_small = f(&r, "hwm_kib") / 1024.0;
+    let r = bench::run_child(&["ingest", "embedded", &store("bound"), base.to_str().unwrap()]);
+    let emb_hwm_small = r.f64("hwm_kib") / 1024.0;
 
     // (e) Chunk sizes.
     let mut chunk_rows = String::new();
@@ -505,21 +374,21 @@ fn parent() {
         let (mn, av, mx) = (min.to_string(), avg.to_string(), max.to_string());
         let (b, ed) = (base.to_str().unwrap(), edited.to_str().unwrap());
         let (mut mem, mut emb, mut emb_edit, mut emb_cpu) = (vec![], vec![], vec![], vec![]);
-        let mut last = Res::new();
+        let mut last = Res::default();
         // Back to back per backend: these rows are compared with each other.
         for _ in 0..chunk_runs {
-            let r = run_child(&["dedup", "memory", "", &mn, &av, &mx, b, ed]);
-            mem.push(dedup_bytes / MIB / f(&r, "base_s"));
+            let r = bench::run_child(&["dedup", "memory", "", &mn, &av, &mx, b, ed]);
+            mem.push(dedup_bytes / MIB / r.f64("base_s"));
         }
         for i in 0..chunk_runs {
-            let r = run_child(&["dedup", "embedded", &store(&format!("dedup-{avg}-{i}")), &mn, &av, &mx, b, ed]);
-            emb.push(dedup_bytes / MIB / f(&r, "base_s"));
-            emb_cpu.push(f(&r, "base_cpu_s") * (1u64 << 30) as f64 / dedup_bytes);
-            emb_edit.push(f(&r, "edited_size") / MIB / f(&r, "edited_s"));
+            let r = bench::run_child(&["dedup", "embedded", &store(&format!("dedup-{avg}-{i}")), &mn, &av, &mx, b, ed]);
+            emb.push(dedup_bytes / MIB / r.f64("base_s"));
+            emb_cpu.push(r.f64("base_cpu_s") * (1u64 << 30) as f64 / dedup_bytes);
+            emb_edit.push(r.f64("edited_size") / MIB / r.f64("edited_s"));
             last = r;
         }
         let (emb, emb_cpu) = (Stat::of(emb), Stat::of(emb_cpu));
-        let new_share = f(&last, "new_bytes") / f(&last, "edited_size");
+        let new_share = last.f64("new_bytes") / last.f64("edited_size");
         rows.push((avg, emb.med, emb_cpu.med, new_share));
         let is_default = {
             let d = Chunker::default();
@@ -537,7 +406,7 @@ fn parent() {
             emb_cpu.show(2),
             Stat::of(emb_edit).show(0),
             last["chunks"],
-            dedup_bytes / f(&last, "chunks") / 1024.0,
+            dedup_bytes / last.f64("chunks") / 1024.0,
             100.0 * new_share,
         )
         .unwrap();
@@ -551,7 +420,6 @@ fn parent() {
     let (mem_hwm, emb_hwm) = (Stat::of(mem_hwm), Stat::of(emb_hwm));
     let large_label =
         if large_mib.is_multiple_of(1024) { format!("{} GiB", large_mib / 1024) } else { format!("{large_mib} MiB") };
-    let dirs = SMALL_TOP * SMALL_SUB + SMALL_TOP + 1;
 
     let mut o = String::new();
     writeln!(
@@ -562,8 +430,7 @@ fn parent() {
          the redb commit).\n"
     )
     .unwrap();
-    writeln!(o, "| Measurement | Memory | Embedded |").unwrap();
-    writeln!(o, "|---|---|---|").unwrap();
+    writeln!(o, "{}", table_head(&["Measurement", "Memory", "Embedded"])).unwrap();
     writeln!(
         o,
         "| Large-file ingest, one {large_label} pseudo-random file (MiB/s) | {} | {} |",
@@ -579,7 +446,7 @@ fn parent() {
     .unwrap();
     writeln!(
         o,
-        "| Small-file ingest, {SMALL_FILES} files of 0–4 KiB ({:.1} MiB) in {dirs} directories (files/s) | {} | {} |",
+        "| Small-file ingest, {SMALL_FILES} files of 0–4 KiB ({:.1} MiB) in {SMALL_DIRS} directories (files/s) | {} | {} |",
         tree_bytes as f64 / MIB,
         mem_small.show(0),
         emb_small.show(0)
@@ -615,12 +482,17 @@ fn parent() {
          costs the embedded store.\n"
     )
     .unwrap();
-    writeln!(
-        o,
-        "| min / avg / max | Ingest, memory (MiB/s) | Ingest, embedded (MiB/s) | Embedded ingest CPU time (s per GiB) | Edited copy, embedded (MiB/s) | Chunks | Mean chunk | New bytes / total |"
-    )
-    .unwrap();
-    writeln!(o, "|---|---|---|---|---|---|---|---|").unwrap();
+    let columns = [
+        "min / avg / max",
+        "Ingest, memory (MiB/s)",
+        "Ingest, embedded (MiB/s)",
+        "Embedded ingest CPU time (s per GiB)",
+        "Edited copy, embedded (MiB/s)",
+        "Chunks",
+        "Mean chunk",
+        "New bytes / total",
+    ];
+    writeln!(o, "{}", table_head(&columns)).unwrap();
     o.push_str(&chunk_rows);
     // The default against its neighbours, from the medians above.
     let default_avg = Chunker::default().avg;
@@ -650,8 +522,7 @@ fn parent() {
     let bounded =
         emb_hwm.max <= 256.0 && emb_hwm.max <= emb_hwm_small + 64.0 && mem_overhead <= 0.25 * large_mib as f64;
     writeln!(o, "\n### Targets\n").unwrap();
-    writeln!(o, "| Target | Measured (median) | Met |").unwrap();
-    writeln!(o, "|---|---|---|").unwrap();
+    writeln!(o, "{}", table_head(&["Target", "Measured (median)", "Met"])).unwrap();
     writeln!(
         o,
         "| Large-file ingest into memory ≥ 1 GiB/s | {:.0} MiB/s | {} |",
@@ -686,43 +557,9 @@ fn parent() {
     .unwrap();
     writeln!(o, "\nBench wall time: {:.0} s.", started.elapsed().as_secs_f64()).unwrap();
     print!("{o}");
-    eprintln!("deleting {}", w.display());
-    drop(work);
-    let _ = std::fs::write(&stamp, b"");
-}
-
-/// Seconds to leave between a run's cleanup and the next run (see below).
-const QUIET_SECS: u64 = 420;
-
-/// On ext4 without a journal, creating files in the minutes after many were
-/// deleted is slow: inode allocation skips inodes freed less than 60 s ago
-/// (360 s while their inode table block is dirty) and tests every candidate.
-/// A run ends by deleting tens of thousands of files, so the next one waits
-/// until that no longer shows rather than measure it; `CASTORE_BENCH_NO_WAIT`
-/// skips the wait (on filesystems without this behaviour, or when in a hurry).
-fn wait_after_cleanup(stamp: &Path) {
-    if std::env::var_os("CASTORE_BENCH_NO_WAIT").is_some() {
-        return;
-    }
-    let Some(age) = std::fs::metadata(stamp).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()) else {
-        return;
-    };
-    if age.as_secs() < QUIET_SECS {
-        let wait = QUIET_SECS - age.as_secs();
-        eprintln!(
-            "castore bench: the previous run deleted its files {} s ago; waiting {wait} s so that inode \
-             allocation is not slowed by them (CASTORE_BENCH_NO_WAIT=1 skips this)",
-            age.as_secs()
-        );
-        std::thread::sleep(std::time::Duration::from_secs(wait));
-    }
+    work.finish();
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if std::env::var_os("CASTORE_BENCH_CHILD").is_some() {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(child(args));
-    } else {
-        parent();
-    }
+    bench::main(child, parent);
 }

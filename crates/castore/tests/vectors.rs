@@ -1,59 +1,14 @@
 //! The reference implementation's vectors (tests/vectors/castore.json): each
 //! NAR, unpacked by the real `nix-store --restore`, must ingest to exactly
 //! the root entry snix computes, and export back to an identical tree.
-use std::{path::PathBuf, process::Command, sync::Arc};
+use std::{process::Command, sync::Arc};
 
 use castore::{
-    B3Digest, BlobService, DirectoryService, Node,
+    BlobService, DirectoryService, Node,
     blob::ChunkedBlobService,
     dirsvc::KvDirectoryService,
     kv::{EmbeddedStore, KvStore, MemoryStore},
 };
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Vector {
-    name: String,
-    nar: String,
-    snix_root_entry: RootEntry,
-}
-
-#[derive(Deserialize)]
-struct RootEntry {
-    #[serde(rename = "type")]
-    kind: String,
-    digest: Option<String>,
-    size: Option<u64>,
-    executable: Option<bool>,
-    target: Option<String>,
-}
-
-impl RootEntry {
-    fn node(&self) -> Node {
-        let digest = || self.digest.as_deref().expect("digest").parse::<B3Digest>().expect("digest parses");
-        match self.kind.as_str() {
-            "directory" => Node::Directory { digest: digest(), size: self.size.expect("size") },
-            "file" => Node::File {
-                digest: digest(),
-                size: self.size.expect("size"),
-                executable: self.executable.expect("executable"),
-            },
-            "symlink" => Node::Symlink { target: self.target.clone().expect("target").into() },
-            other => panic!("unknown entry type {other}"),
-        }
-    }
-}
-
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors")
-}
-
-fn load() -> Vec<Vector> {
-    let text = std::fs::read_to_string(vectors_dir().join("castore.json")).expect("tests/vectors/castore.json");
-    let vectors: Vec<Vector> = serde_json::from_str(&text).expect("vector JSON");
-    assert!(vectors.len() >= 9, "expected the full vector set");
-    vectors
-}
 
 fn restore(nar: &std::path::Path, target: &std::path::Path) {
     let status = Command::new("nix-store")
@@ -74,12 +29,12 @@ async fn check_all(kv: Arc<dyn KvStore>) {
     let blobs = ChunkedBlobService::new(kv.clone());
     let dirs = KvDirectoryService::new(kv);
     let tmp = tempfile::tempdir().unwrap();
-    for v in load() {
+    for v in testkit::vectors() {
         let restored = tmp.path().join(format!("{}-restored", v.name));
-        restore(&vectors_dir().join(&v.nar), &restored);
+        restore(&v.nar, &restored);
 
         let node = castore::fs::ingest(&blobs, &dirs, &restored).await.unwrap();
-        assert_eq!(node, v.snix_root_entry.node(), "vector {}", v.name);
+        assert_eq!(node, testkit::castore_node!(&v.root), "vector {}", v.name);
 
         // Everything the root names is stored.
         match &node {

@@ -2,8 +2,8 @@
 //!
 //! Prints a Markdown section (stdout; progress on stderr) that
 //! `scripts/bench-nar` puts into docs/benchmarks.md. Every measured phase
-//! runs in a fresh child process (this binary, re-executed), as in the
-//! castore benchmark, and the phases of one run follow each other, so that
+//! runs in a fresh child process (this binary, re-executed; the harness,
+//! shared with the castore benchmark, is `testkit::bench`), and the phases of one run follow each other, so that
 //! the figures compared in one row of a run saw the machine in one state.
 //!
 //! Inputs, written under a temporary directory (default `/tmp`, override with
@@ -13,7 +13,8 @@
 //!   directories, some executables and a symlink; and the same tree unpacked
 //!   by `nix-store --restore`, for castore's own filesystem ingest as a
 //!   baseline;
-//! - a small-file NAR: 20,000 files of 0–4 KiB in 221 directories.
+//! - a small-file NAR: 20,000 files of 0–4 KiB in 221 directories, the same
+//!   tree as the castore benchmark's small files (`bench::small_tree`).
 //!
 //! Measured: `openssl dgst -sha256` of the mixed NAR (the hashing limit every
 //! ingest pays), the `sha2` crate on the same bytes in memory; NAR ingest
@@ -27,13 +28,7 @@
 //! `calculate`. `NAR_BENCH_RUNS` (default 3) repeats each phase; medians
 //! are reported with (min–max).
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io::Write as _,
-    path::Path,
-    process::Command,
-    sync::Arc,
-    time::{Duration, Instant},
+    collections::BTreeMap, fmt::Write as _, io::Write as _, path::Path, process::Command, sync::Arc, time::Instant,
 };
 
 use bytes::Bytes;
@@ -45,53 +40,29 @@ use castore::{
 use futures::{StreamExt, stream::BoxStream};
 use sha2::{Digest, Sha256};
 use store::nar::{self, NarReader};
+use testkit::{
+    Rng,
+    bench::{self, MIB, Out, Res, SMALL_DIRS, Stat, Step, WorkDir, env_usize, proc_status_kib, table_head, yes},
+    hex,
+};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-const MIB: f64 = (1u64 << 20) as f64;
 const TARGET_INGEST_SHARE: f64 = 0.70;
 const TARGET_RENDER_MIBS: f64 = 1024.0;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 // ---------------------------------------------------------------- inputs
-
-/// wyrand: fast, deterministic, incompressible bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = (self.0 as u128).wrapping_mul((self.0 ^ 0xe703_7ed1_a0b4_28db) as u128);
-        ((t >> 64) ^ t) as u64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut it = buf.chunks_exact_mut(8);
-        for c in &mut it {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rest = it.into_remainder();
-        let last = self.next().to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
-    }
-}
 
 /// Writes a NAR token by token.
 struct NarWriter {
     out: std::io::BufWriter<std::fs::File>,
-    rng: Rng,
     buf: Vec<u8>,
     files: u64,
 }
 
 impl NarWriter {
-    fn new(path: &Path, seed: u64) -> Self {
+    fn new(path: &Path) -> Self {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-        let mut w = Self { out, rng: Rng(seed), buf: vec![0; 4 << 20], files: 0 };
+        let mut w = Self { out, buf: vec![0; 4 << 20], files: 0 };
         w.s(b"nix-archive-1");
         w
     }
@@ -105,7 +76,8 @@ impl NarWriter {
             self.s(t);
         }
     }
-    fn file(&mut self, size: u64, executable: bool) {
+    /// A regular file of `size` bytes, which `contents` writes.
+    fn file_with(&mut self, size: u64, executable: bool, contents: impl FnOnce(&mut Self)) {
         self.files += 1;
         for t in [&b"("[..], b"type", b"regular"] {
             self.s(t);
@@ -116,15 +88,13 @@ impl NarWriter {
         }
         self.s(b"contents");
         self.out.write_all(&size.to_le_bytes()).unwrap();
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(self.buf.len() as u64) as usize;
-            self.rng.fill(&mut self.buf[..n]);
-            self.out.write_all(&self.buf[..n]).unwrap();
-            left -= n as u64;
-        }
+        contents(self);
         self.out.write_all(&[0; 8][..(size.wrapping_neg() & 7) as usize]).unwrap();
         self.s(b")");
+    }
+    /// A regular file of `size` bytes from `rng`.
+    fn file(&mut self, rng: &mut Rng, size: u64, executable: bool) {
+        self.file_with(size, executable, |w| rng.write(&mut w.out, size, &mut w.buf).unwrap());
     }
     fn symlink(&mut self, target: &str) {
         for t in [&b"("[..], b"type", b"symlink", b"target", target.as_bytes(), b")"] {
@@ -139,6 +109,25 @@ impl NarWriter {
     fn close(&mut self) {
         self.s(b")");
     }
+    /// The tree `bench::tree` (or `bench::small_tree`) generates, calling
+    /// `walk` with this writer's side of each step.
+    fn tree(&mut self, walk: impl FnOnce(&mut dyn FnMut(Step<'_>)) -> u64) {
+        walk(&mut |step| match step {
+            Step::Enter(name) => {
+                self.entry(name);
+                self.open_dir();
+            }
+            Step::File { name, data, executable } => {
+                self.entry(name);
+                self.file_with(data.len() as u64, executable, |w| w.out.write_all(data).unwrap());
+                self.close();
+            }
+            Step::Leave => {
+                self.close();
+                self.close();
+            }
+        });
+    }
     fn finish(self) -> u64 {
         let file = self.out.into_inner().unwrap();
         file.sync_all().unwrap();
@@ -148,22 +137,23 @@ impl NarWriter {
 
 /// The mixed NAR; returns its file count.
 fn write_mixed(path: &Path, mib: u64) -> u64 {
-    let mut w = NarWriter::new(path, 1);
+    let mut w = NarWriter::new(path);
+    let mut rng = Rng::new(1);
     let large = (mib.saturating_sub(160) << 20) / 6;
     w.open_dir();
     w.entry("bin");
     w.open_dir();
     for i in 0..4 {
         w.entry(&format!("tool-{i}"));
-        let size = 64 * 1024 + w.rng.below(512 * 1024);
-        w.file(size, true);
+        let size = 64 * 1024 + rng.below(512 * 1024);
+        w.file(&mut rng, size, true);
         w.close();
     }
     w.close();
     w.close();
     for i in 0..6 {
         w.entry(&format!("large-{i}"));
-        w.file(large, i == 0);
+        w.file(&mut rng, large, i == 0);
         w.close();
     }
     w.entry("link");
@@ -173,67 +163,31 @@ fn write_mixed(path: &Path, mib: u64) -> u64 {
     w.open_dir();
     for i in 0..80 {
         w.entry(&format!("m{i:03}"));
-        let size = (512 << 10) + w.rng.below(2 << 20);
-        w.file(size, false);
+        let size = (512 << 10) + rng.below(2 << 20);
+        w.file(&mut rng, size, false);
         w.close();
     }
     w.close();
     w.close();
     w.entry("small");
     w.open_dir();
-    for d in 0..40 {
-        w.entry(&format!("d{d:02}"));
-        w.open_dir();
-        for i in 0..250 {
-            w.entry(&format!("f{i:03}"));
-            let size = w.rng.below(8193);
-            w.file(size, i % 16 == 0);
-            w.close();
-        }
-        w.close();
-        w.close();
-    }
+    w.tree(|visit| bench::tree(&mut rng, &[("d", 40)], 250, 8192, visit));
     w.close();
     w.close();
     w.close();
     w.finish()
 }
 
-/// The small-file NAR: 20,000 files of 0–4 KiB in 20 × 10 directories.
+/// The small-file NAR: the small-file workload (`bench::small_tree`).
 fn write_small(path: &Path) -> u64 {
-    let mut w = NarWriter::new(path, 42);
+    let mut w = NarWriter::new(path);
     w.open_dir();
-    for t in 0..20 {
-        w.entry(&format!("d{t:02}"));
-        w.open_dir();
-        for s in 0..10 {
-            w.entry(&format!("s{s:02}"));
-            w.open_dir();
-            for i in 0..100 {
-                w.entry(&format!("f{i:03}"));
-                let size = w.rng.below(4097);
-                w.file(size, i % 16 == 0);
-                w.close();
-            }
-            w.close();
-            w.close();
-        }
-        w.close();
-        w.close();
-    }
+    w.tree(|visit| bench::small_tree(visit));
     w.close();
     w.finish()
 }
 
 // ---------------------------------------------------------------- child side
-
-fn proc_status_kib(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Takes blobs without storing or hashing them: NAR ingest with this is the
 /// parser and SHA-256 alone (every file gets the same made-up digest).
@@ -293,21 +247,17 @@ fn stores(backend: &str, store: &str) -> (Arc<dyn BlobService>, Arc<dyn Director
     (castore::blob_service_from_url(&addr).unwrap(), castore::directory_service_from_url(&addr).unwrap())
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn dir_node(digest: &str, size: &str) -> Node {
     Node::Directory { digest: digest.parse::<B3Digest>().unwrap(), size: size.parse().unwrap() }
 }
 
 async fn child(args: Vec<String>) {
     let a = |i: usize| args[i].as_str();
-    let mut out: BTreeMap<&str, String> = BTreeMap::new();
-    let root = |out: &mut BTreeMap<&str, String>, node: Node| {
+    let mut out = Out::new();
+    let root = |out: &mut Out, node: Node| {
         let Node::Directory { digest, size } = node else { panic!("a directory") };
-        out.insert("digest", digest.to_hex());
-        out.insert("size", size.to_string());
+        out.set("digest", digest.to_hex());
+        out.set("size", size);
     };
     match a(0) {
         // ingest BACKEND STORE NAR: NAR ingest from the page-cached file.
@@ -317,10 +267,10 @@ async fn child(args: Vec<String>) {
             file.set_max_buf_size(4 << 20);
             let t = Instant::now();
             let got = nar::ingest(&mut file, blobs.as_ref(), dirs.as_ref()).await.unwrap();
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
-            out.insert("hwm_kib", proc_status_kib("VmHWM").to_string());
-            out.insert("nar_size", got.nar_size.to_string());
-            out.insert("sha256", hex(&got.nar_sha256));
+            out.set("s", t.elapsed().as_secs_f64());
+            out.set("hwm_kib", proc_status_kib("VmHWM"));
+            out.set("nar_size", got.nar_size);
+            out.set("sha256", hex(&got.nar_sha256));
             root(&mut out, got.node);
         }
         // fsingest BACKEND STORE TREE: castore's filesystem ingest, the baseline.
@@ -328,7 +278,7 @@ async fn child(args: Vec<String>) {
             let (blobs, dirs) = stores(a(1), a(2));
             let t = Instant::now();
             let node = castore::fs::ingest(blobs.as_ref(), dirs.as_ref(), Path::new(a(3))).await.unwrap();
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
+            out.set("s", t.elapsed().as_secs_f64());
             root(&mut out, node);
         }
         // render STORE DIGEST SIZE FROM: read from FROM to the end (AsyncRead).
@@ -337,7 +287,7 @@ async fn child(args: Vec<String>) {
             let node = dir_node(a(2), a(3));
             let t = Instant::now();
             let mut reader = NarReader::open(&node, blobs, dirs).await.unwrap();
-            out.insert("open_s", t.elapsed().as_secs_f64().to_string());
+            out.set("open_s", t.elapsed().as_secs_f64());
             let from: u64 = a(4).parse().unwrap();
             if from > 0 {
                 reader.seek(std::io::SeekFrom::Start(from)).await.unwrap();
@@ -352,9 +302,9 @@ async fn child(args: Vec<String>) {
                 n += k as u64;
             }
             assert_eq!(n, reader.len() - from);
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
-            out.insert("bytes", n.to_string());
-            out.insert("hwm_kib", proc_status_kib("VmHWM").to_string());
+            out.set("s", t.elapsed().as_secs_f64());
+            out.set("bytes", n);
+            out.set("hwm_kib", proc_status_kib("VmHWM"));
         }
         // stream STORE DIGEST SIZE: the whole NAR as a stream of Bytes.
         "stream" => {
@@ -367,7 +317,7 @@ async fn child(args: Vec<String>) {
                 n += piece.unwrap().len() as u64;
             }
             assert_eq!(n, reader.len());
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
+            out.set("s", t.elapsed().as_secs_f64());
         }
         // calculate STORE DIGEST SIZE
         "calculate" => {
@@ -375,94 +325,31 @@ async fn child(args: Vec<String>) {
             let node = dir_node(a(2), a(3));
             let t = Instant::now();
             let (size, hash) = nar::calculate(&node, blobs, dirs).await.unwrap();
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
-            out.insert("nar_size", size.to_string());
-            out.insert("sha256", hex(&hash));
+            out.set("s", t.elapsed().as_secs_f64());
+            out.set("nar_size", size);
+            out.set("sha256", hex(&hash));
         }
         // write-mixed PATH [MIB]: writes the mixed NAR (for experiments by hand).
         "write-mixed" => {
             let mib = args.get(2).map_or(1024, |m| m.parse().unwrap());
-            out.insert("files", write_mixed(Path::new(a(1)), mib).to_string());
+            out.set("files", write_mixed(Path::new(a(1)), mib));
         }
         // sha2 NAR: the sha2 crate over the file's bytes, already in memory.
         "sha2" => {
             let data = std::fs::read(a(1)).unwrap();
             let t = Instant::now();
             let hash = Sha256::digest(&data);
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
-            out.insert("sha256", hex(&hash));
+            out.set("s", t.elapsed().as_secs_f64());
+            out.set("sha256", hex(&hash));
         }
         // disk SOURCE TARGET: copy with 4 MiB writes, then fsync.
-        "disk" => {
-            use std::io::Read;
-            let t = Instant::now();
-            let mut src = std::fs::File::open(a(1)).unwrap();
-            let mut dst = std::fs::File::create_new(a(2)).unwrap();
-            let mut buf = vec![0u8; 4 << 20];
-            loop {
-                let n = src.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                dst.write_all(&buf[..n]).unwrap();
-            }
-            dst.sync_all().unwrap();
-            out.insert("s", t.elapsed().as_secs_f64().to_string());
-        }
+        "disk" => out.set("s", bench::copy_fsync(Path::new(a(1)), Path::new(a(2)))),
         other => panic!("unknown phase {other}"),
     }
-    let mut line = String::from("RESULT");
-    for (k, v) in out {
-        write!(line, " {k}={v}").unwrap();
-    }
-    println!("{line}");
+    out.print();
 }
 
 // ---------------------------------------------------------------- parent side
-
-type Res = BTreeMap<String, String>;
-
-fn run_child(args: &[&str]) -> Res {
-    let exe = std::env::current_exe().unwrap();
-    let output = Command::new(exe).env("NAR_BENCH_CHILD", "1").args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        panic!("phase {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    }
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("phase printed RESULT");
-    line.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
-}
-
-fn f(r: &Res, k: &str) -> f64 {
-    r.get(k).unwrap_or_else(|| panic!("missing {k}")).parse().unwrap()
-}
-
-/// Figures of one measurement over the runs.
-#[derive(Default)]
-struct Series(Vec<f64>);
-
-impl Series {
-    fn med(&self) -> f64 {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-    fn show(&self) -> String {
-        if self.0.is_empty() {
-            return "–".into();
-        }
-        let (min, max) = self.0.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-        if (max - min) < 0.5 {
-            format!("{:.0}", self.med())
-        } else {
-            format!("{:.0} ({min:.0}–{max:.0})", self.med())
-        }
-    }
-}
-
-fn yes(b: bool) -> &'static str {
-    if b { "**yes**" } else { "**no**" }
-}
 
 /// Wall time of `openssl dgst -sha256 FILE`, checking its answer.
 fn openssl(path: &Path, want: &str) -> f64 {
@@ -479,36 +366,10 @@ fn openssl(path: &Path, want: &str) -> f64 {
     secs
 }
 
-/// Seconds to leave between a benchmark's cleanup and the next run: on
-/// ext4 without a journal, creating files in the minutes after many were
-/// deleted is slow (see the castore benchmark, whose stamp file this
-/// shares). `CASTORE_BENCH_NO_WAIT` skips the wait.
-const QUIET_SECS: u64 = 420;
-
-fn wait_after_cleanup(stamp: &Path) {
-    if std::env::var_os("CASTORE_BENCH_NO_WAIT").is_some() {
-        return;
-    }
-    let age = std::fs::metadata(stamp).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-    if let Some(age) = age
-        && age.as_secs() < QUIET_SECS
-    {
-        let wait = QUIET_SECS - age.as_secs();
-        eprintln!(
-            "nar bench: a benchmark deleted its files {} s ago; waiting {wait} s (CASTORE_BENCH_NO_WAIT=1 skips this)",
-            age.as_secs()
-        );
-        std::thread::sleep(Duration::from_secs(wait));
-    }
-}
-
 fn parent() {
     let runs = env_usize("NAR_BENCH_RUNS", 3).max(1);
     let mib = env_usize("NAR_BENCH_MIB", 1024) as u64;
-    let base_tmp = std::env::var("CASTORE_BENCH_TMP").unwrap_or_else(|_| "/tmp".into());
-    let stamp = Path::new(&base_tmp).join(".castore-bench-cleanup");
-    wait_after_cleanup(&stamp);
-    let work = tempfile::Builder::new().prefix("nar-bench-").tempdir_in(&base_tmp).unwrap();
+    let work = WorkDir::new("nar");
     let w = work.path();
     let started = Instant::now();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -536,47 +397,47 @@ fn parent() {
     eprintln!("inputs written in {:.1}s", started.elapsed().as_secs_f64());
     let store = |name: &str| w.join(name).join("castore.redb").to_str().unwrap().to_owned();
     let path = |name: &str| w.join(name).to_str().unwrap().to_owned();
-    let rate = |bytes: f64, r: &Res| bytes / MIB / f(r, "s");
+    let rate = |bytes: f64, r: &Res| bytes / MIB / r.f64("s");
 
     // Ingest, one run of every kind after another.
     let (m, t) = (mixed.to_str().unwrap(), tree.to_str().unwrap());
-    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
-    let mut add = |k: &'static str, v: f64| series.entry(k).or_default().0.push(v);
+    let mut series: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut add = |k: &'static str, v: f64| series.entry(k).or_default().push(v);
     let mut sha256 = String::new();
     let mut root = (String::new(), String::new());
     let mut stored = Vec::new();
     for i in 0..runs {
         for backend in ["discard", "drop", "memory"] {
-            let r = run_child(&["ingest", backend, "", m]);
-            assert_eq!(f(&r, "nar_size"), mixed_bytes);
+            let r = bench::run_child(&["ingest", backend, "", m]);
+            assert_eq!(r.f64("nar_size"), mixed_bytes);
             if sha256.is_empty() {
                 sha256 = r["sha256"].clone();
             }
             assert_eq!(r["sha256"], sha256);
             add(backend, rate(mixed_bytes, &r));
             if backend == "memory" {
-                add("memory_hwm", f(&r, "hwm_kib") / 1024.0);
+                add("memory_hwm", r.f64("hwm_kib") / 1024.0);
                 root = (r["digest"].clone(), r["size"].clone());
             }
         }
         if restored {
-            let r = run_child(&["fsingest", "memory", "", t]);
+            let r = bench::run_child(&["fsingest", "memory", "", t]);
             assert_eq!((&r["digest"], &r["size"]), (&root.0, &root.1), "fs::ingest gives the same root");
             add("fs_memory", rate(mixed_bytes, &r));
         }
-        let r = run_child(&["disk", m, &path(&format!("copy-{i}.nar"))]);
+        let r = bench::run_child(&["disk", m, &path(&format!("copy-{i}.nar"))]);
         add("disk", rate(mixed_bytes, &r));
         let s = store(&format!("mixed-{i}"));
-        let r = run_child(&["ingest", "embedded", &s, m]);
+        let r = bench::run_child(&["ingest", "embedded", &s, m]);
         assert_eq!((&r["sha256"], &r["digest"]), (&sha256, &root.0));
         add("embedded", rate(mixed_bytes, &r));
-        add("embedded_hwm", f(&r, "hwm_kib") / 1024.0);
+        add("embedded_hwm", r.f64("hwm_kib") / 1024.0);
         stored.push(s);
         if restored {
-            let r = run_child(&["fsingest", "embedded", &store(&format!("fs-{i}")), t]);
+            let r = bench::run_child(&["fsingest", "embedded", &store(&format!("fs-{i}")), t]);
             add("fs_embedded", rate(mixed_bytes, &r));
         }
-        let r = run_child(&["sha2", m]);
+        let r = bench::run_child(&["sha2", m]);
         assert_eq!(r["sha256"], sha256);
         add("sha2", rate(mixed_bytes, &r));
         add("openssl", mixed_bytes / MIB / openssl(&mixed, &sha256));
@@ -587,15 +448,15 @@ fn parent() {
     let (digest, size) = (root.0.as_str(), root.1.as_str());
     let half = (mixed_bytes as u64 / 2).to_string();
     for s in &stored {
-        let r = run_child(&["render", s, digest, size, "0"]);
+        let r = bench::run_child(&["render", s, digest, size, "0"]);
         add("render", rate(mixed_bytes, &r));
-        add("render_hwm", f(&r, "hwm_kib") / 1024.0);
-        add("open_ms", f(&r, "open_s") * 1000.0);
-        let r = run_child(&["render", s, digest, size, &half]);
-        add("middle", f(&r, "bytes") / MIB / f(&r, "s"));
-        let r = run_child(&["stream", s, digest, size]);
+        add("render_hwm", r.f64("hwm_kib") / 1024.0);
+        add("open_ms", r.f64("open_s") * 1000.0);
+        let r = bench::run_child(&["render", s, digest, size, &half]);
+        add("middle", r.f64("bytes") / MIB / r.f64("s"));
+        let r = bench::run_child(&["stream", s, digest, size]);
         add("stream", rate(mixed_bytes, &r));
-        let r = run_child(&["calculate", s, digest, size]);
+        let r = bench::run_child(&["calculate", s, digest, size]);
         assert_eq!(r["sha256"], sha256);
         add("calculate", rate(mixed_bytes, &r));
     }
@@ -604,18 +465,19 @@ fn parent() {
     // Small files.
     let sm = small.to_str().unwrap();
     for i in 0..runs {
-        let r = run_child(&["ingest", "memory", "", sm]);
-        add("small_memory", small_files as f64 / f(&r, "s"));
+        let r = bench::run_child(&["ingest", "memory", "", sm]);
+        add("small_memory", small_files as f64 / r.f64("s"));
         let s = store(&format!("small-{i}"));
-        let r = run_child(&["ingest", "embedded", &s, sm]);
-        add("small_embedded", small_files as f64 / f(&r, "s"));
-        let r = run_child(&["render", &s, &r["digest"], &r["size"], "0"]);
-        add("small_render", small_files as f64 / f(&r, "s"));
+        let r = bench::run_child(&["ingest", "embedded", &s, sm]);
+        add("small_embedded", small_files as f64 / r.f64("s"));
+        let r = bench::run_child(&["render", &s, &r["digest"], &r["size"], "0"]);
+        add("small_render", small_files as f64 / r.f64("s"));
     }
     eprintln!("small files done at {:.1}s", started.elapsed().as_secs_f64());
 
-    let get = |k: &str| series.get(k).map_or_else(|| "–".to_owned(), Series::show);
-    let med = |k: &str| series.get(k).map_or(f64::NAN, Series::med);
+    let stat = |k: &str| series.get(k).map(|v| Stat::of(v.clone()));
+    let get = |k: &str| stat(k).map_or_else(|| "–".to_owned(), |s| s.show(0));
+    let med = |k: &str| stat(k).map_or(f64::NAN, |s| s.med);
     let hash_limit = med("openssl");
     let share = |k: &str| {
         if series.contains_key(k) { format!("{:.0} %", 100.0 * med(k) / hash_limit) } else { "–".into() }
@@ -631,8 +493,7 @@ fn parent() {
          process. Load average before the run: {load}. Embedded ingest includes the durable commit.\n",
         mixed_bytes / MIB
     ));
-    line("| Measurement | MiB/s | Share of `openssl dgst -sha256` |".into());
-    line("|---|---|---|".into());
+    line(table_head(&["Measurement", "MiB/s", "Share of `openssl dgst -sha256`"]));
     let rows: [(&str, &str); 13] = [
         ("openssl", "`openssl dgst -sha256` of the NAR file: the hashing limit"),
         ("sha2", "`sha2` crate (what ingest uses), same bytes already in memory"),
@@ -661,19 +522,17 @@ fn parent() {
         med("render_hwm")
     ));
     line(format!(
-        "The small-file NAR: {small_files} files of 0–4 KiB in 221 directories ({:.1} MiB).\n",
+        "The small-file NAR: {small_files} files of 0–4 KiB in {SMALL_DIRS} directories ({:.1} MiB).\n",
         small_bytes / MIB
     ));
-    line("| Measurement | files/s |".into());
-    line("|---|---|".into());
+    line(table_head(&["Measurement", "files/s"]));
     line(format!("| NAR ingest into memory | {} |", get("small_memory")));
     line(format!("| NAR ingest into embedded (`redb:`), durable | {} |", get("small_embedded")));
     line(format!("| Render from embedded, warm | {} |", get("small_render")));
 
     let target = TARGET_INGEST_SHARE * hash_limit;
     line("\n### NAR targets\n".into());
-    line("| Target | Measured (median) | Met |".into());
-    line("|---|---|---|".into());
+    line(table_head(&["Target", "Measured (median)", "Met"]));
     for (k, what) in
         [("embedded", "into embedded (`redb:`)"), ("memory", "into memory"), ("drop", "CPU-bound (records dropped)")]
     {
@@ -691,16 +550,9 @@ fn parent() {
     ));
     line(format!("\nBench wall time: {:.0} s.", started.elapsed().as_secs_f64()));
     print!("{o}");
-    eprintln!("deleting {}", w.display());
-    drop(work);
-    let _ = std::fs::write(&stamp, b"");
+    work.finish();
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if std::env::var_os("NAR_BENCH_CHILD").is_some() {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(child(args));
-    } else {
-        parent();
-    }
+    bench::main(child, parent);
 }

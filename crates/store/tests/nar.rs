@@ -3,7 +3,7 @@
 //! with its own problem and leaving no directory behind.
 use std::{
     os::unix::{ffi::OsStrExt, fs::PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -14,67 +14,22 @@ use std::{
 use async_trait::async_trait;
 use castore::{B3Digest, BlobService, Directory, DirectoryService, Node};
 use futures::stream::BoxStream;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use store::nar::{self, IngestOptions, Ingested, NarError, NarReader, Problem};
+use testkit::{Rng, Vector, hex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 // ---------------------------------------------------------------- helpers
 
-#[derive(Deserialize)]
-struct Vector {
-    name: String,
-    nar: String,
-    nar_size: u64,
-    nar_sha256_hex: String,
-    snix_root_entry: RootEntry,
-}
-
-#[derive(Deserialize)]
-struct RootEntry {
-    #[serde(rename = "type")]
-    kind: String,
-    digest: Option<String>,
-    size: Option<u64>,
-    executable: Option<bool>,
-    target: Option<String>,
-}
-
-impl RootEntry {
-    fn node(&self) -> Node {
-        let digest = || self.digest.as_deref().expect("digest").parse::<B3Digest>().expect("digest parses");
-        match self.kind.as_str() {
-            "directory" => Node::Directory { digest: digest(), size: self.size.expect("size") },
-            "file" => Node::File {
-                digest: digest(),
-                size: self.size.expect("size"),
-                executable: self.executable.expect("executable"),
-            },
-            "symlink" => Node::Symlink { target: self.target.clone().expect("target").into() },
-            other => panic!("unknown entry type {other}"),
-        }
-    }
-}
-
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors")
-}
-
+/// The reference vectors, each with its NAR's bytes.
 fn vectors() -> Vec<(Vector, Vec<u8>)> {
-    let text = std::fs::read_to_string(vectors_dir().join("castore.json")).expect("tests/vectors/castore.json");
-    let vectors: Vec<Vector> = serde_json::from_str(&text).expect("vector JSON");
-    assert!(vectors.len() >= 9, "expected the full vector set");
-    vectors
+    testkit::vectors()
         .into_iter()
         .map(|v| {
-            let bytes = std::fs::read(vectors_dir().join(&v.nar)).expect("vector NAR");
+            let bytes = std::fs::read(&v.nar).expect("vector NAR");
             (v, bytes)
         })
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -103,24 +58,6 @@ fn embedded() -> Stores {
         blobs: castore::blob_service_from_url(&addr).unwrap(),
         dirs: castore::directory_service_from_url(&addr).unwrap(),
         _tmp: Some(tmp),
-    }
-}
-
-/// xorshift64*: deterministic test randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| (self.next() >> 32) as u8).collect()
     }
 }
 
@@ -180,7 +117,7 @@ async fn check_ranges(node: &Node, stores: &Stores, nar: &[u8], iterations: usiz
     let mut reader = NarReader::open(node, stores.blobs.clone(), stores.dirs.clone()).await.unwrap();
     assert_eq!(reader.len(), nar.len() as u64);
     let size = nar.len() as u64;
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let check = async |reader: &mut NarReader, offset: u64, len: usize| {
         let got = range(reader, offset, len, offset % 2 == 1).await;
         assert!(got == nar[offset as usize..offset as usize + len], "range {offset}+{len} of {size}");
@@ -218,13 +155,13 @@ async fn vectors_round_trip(make: fn() -> Stores) {
     let stores = make();
     for (v, bytes) in vectors() {
         let got = ingest_bytes(&bytes, &stores).await.unwrap();
-        assert_eq!(got.node, v.snix_root_entry.node(), "vector {}: root entry", v.name);
+        assert_eq!(got.node, testkit::castore_node!(&v.root), "vector {}: root entry", v.name);
         assert_eq!(got.nar_size, v.nar_size, "vector {}: NarSize", v.name);
         assert_eq!(hex(&got.nar_sha256), v.nar_sha256_hex, "vector {}: NarHash", v.name);
 
         // Token and length fields split across reads give the same result.
         let trickled = make();
-        let mut reader = Trickle { data: &bytes, rng: Rng(7), max: 13 };
+        let mut reader = Trickle { data: &bytes, rng: Rng::new(7), max: 13 };
         let again = nar::ingest(&mut reader, trickled.blobs.as_ref(), trickled.dirs.as_ref()).await.unwrap();
         assert_eq!(again, got, "vector {}: read in small pieces", v.name);
 
@@ -257,7 +194,7 @@ fn write(path: &Path, data: &[u8], executable: bool) {
 /// chunks, files around the small-file limit, executables, symlinks, odd
 /// names, an empty directory and two identical subtrees.
 fn generate_tree(root: &Path) {
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     std::fs::create_dir(root).unwrap();
     write(&root.join("big.bin"), &rng.bytes(6 << 20 | 12345), false);
     write(&root.join("big-exec"), &rng.bytes(2 << 20), true);
@@ -522,7 +459,7 @@ async fn truncated_nars_are_refused_at_every_cut() {
             let e = ingest_bytes(&bytes[..cut], &stores).await.unwrap_err();
             assert!(matches!(e.problem(), Some(Problem::Truncated { .. })));
         }
-        let Node::Directory { digest, .. } = v.snix_root_entry.node() else { panic!() };
+        let Node::Directory { digest, .. } = testkit::castore_node!(&v.root) else { panic!() };
         assert!(stores.dirs.get(&digest).await.unwrap().is_none());
     }
 }

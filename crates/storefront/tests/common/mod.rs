@@ -19,6 +19,11 @@ use castore::{B3Digest, Directory, Name, Node, proto};
 use tempfile::TempDir;
 use tonic::{Code, Status};
 
+/// A deterministic PRNG, the reference vectors (with absolute NAR paths) and
+/// hex, shared with the other crates' tests (not every test uses each).
+#[allow(unused_imports)]
+pub use testkit::{Rng, Vector, hex, vectors};
+
 /// How long a server gets to answer `/healthz` after it was spawned.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// Guard against a hang after SIGTERM (the server drains for at most 30 s).
@@ -202,37 +207,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
-/// Deterministic pseudo-random bytes (SplitMix64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            out.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-}
-
 /// A whole blob (or chunk) read through a [`castore::BlobService`].
 pub async fn read_all(blobs: &dyn castore::BlobService, digest: &B3Digest) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
@@ -367,39 +341,6 @@ pub fn assert_bfs(got: &[Directory], all: &[Directory], root: &B3Digest) {
         assert_eq!(got_dir, by_digest[&d], "directory #{i} differs from what was put");
         announced.extend(got_dir.directories().map(|(_, c, _)| c));
     }
-}
-
-/// One reference vector (tests/vectors/castore.json): a NAR and its hash.
-pub struct Vector {
-    pub name: String,
-    pub nar: PathBuf,
-    pub nar_size: u64,
-    pub nar_sha256_hex: String,
-}
-
-/// The reference vectors, with absolute NAR paths.
-pub fn vectors() -> Vec<Vector> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors");
-    let text = std::fs::read_to_string(dir.join("castore.json")).expect("tests/vectors/castore.json");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("vector JSON");
-    let vectors: Vec<Vector> = json
-        .as_array()
-        .expect("a list of vectors")
-        .iter()
-        .map(|v| Vector {
-            name: v["name"].as_str().expect("name").to_owned(),
-            nar: dir.join(v["nar"].as_str().expect("nar")),
-            nar_size: v["nar_size"].as_u64().expect("nar_size"),
-            nar_sha256_hex: v["nar_sha256_hex"].as_str().expect("nar_sha256_hex").to_owned(),
-        })
-        .collect();
-    assert!(vectors.len() >= 9, "expected the full vector set");
-    vectors
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A `storefront` command (the binary under test) with an environment that

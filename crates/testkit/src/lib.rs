@@ -1,0 +1,20 @@
+//! Helpers shared by the tests and benchmarks of every storefront crate.
+//!
+//! It exists so that the test and bench code of `castore`, `store` and the
+//! `storefront` binary write each helper once: the deterministic [`Rng`],
+//! the loader of the reference vectors ([`vectors`]) and the harness of the
+//! benchmarks ([`bench`]). It is a dev-dependency only (`publish = false`)
+//! and depends on no storefront crate, so that `castore` itself can use it
+//! without a dependency cycle; each crate turns the vectors' root entries
+//! into its own types.
+pub mod bench;
+mod rng;
+pub mod vectors;
+
+pub use rng::Rng;
+pub use vectors::{RootEntry, Vector, vectors};
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
