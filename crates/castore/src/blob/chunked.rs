@@ -8,12 +8,14 @@
 //! by further tasks and merged in order, so hashing spreads over all cores.
 //! Chunks are slices of the read blocks (no copy), and blocks are reused once
 //! their chunks are stored, so a put holds a bounded amount of memory however
-//! large the blob. `put_bytes` chunks its buffer in place.
+//! large the blob. `put_bytes` chunks its buffer in place, and `put_stream`
+//! the caller's pieces (copying only a chunk that straddles two pieces).
 use std::{collections::VecDeque, sync::Arc};
 
 use async_trait::async_trait;
 use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{StreamExt, stream::BoxStream};
 use prost::Message;
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
@@ -300,11 +302,7 @@ impl Blocks {
             return;
         }
         let size = self.size;
-        self.ahead = Some(tokio::task::spawn_blocking(move || {
-            let mut block = BytesMut::with_capacity(size);
-            populate(block.spare_capacity_mut());
-            block
-        }));
+        self.ahead = Some(tokio::task::spawn_blocking(move || fresh_block(size)));
     }
 
     /// Replaces the used-up `buf` by a block holding `tail` (the bytes after
@@ -385,6 +383,15 @@ async fn region_boundaries(chunker: Chunker, region: &Bytes, last: bool) -> Vec<
     }
 }
 
+/// An empty buffer of `capacity` bytes whose pages are already faulted in
+/// (one `madvise` instead of a page fault per page on first write, which is
+/// slow in VMs). It blocks while it works: call it on a blocking thread.
+pub fn fresh_block(capacity: usize) -> BytesMut {
+    let mut block = BytesMut::with_capacity(capacity);
+    populate(block.spare_capacity_mut());
+    block
+}
+
 /// Faults in the pages of `mem` (a hint: failures are ignored).
 fn populate(mem: &mut [std::mem::MaybeUninit<u8>]) {
     #[cfg(target_os = "linux")]
@@ -445,6 +452,76 @@ impl BlobService for ChunkedBlobService {
                 blocks.next(&mut buf, &region[prev..]).await;
             }
             ingest.finish(expected, Some(blocks.current)).await
+        }
+        .await;
+        if result.is_err() {
+            ingest.abort();
+        }
+        result
+    }
+
+    /// Chunks every piece in place; only the bytes of a chunk that straddles
+    /// two pieces (less than one maximal chunk) are copied, into `carry`.
+    async fn put_stream(
+        &self,
+        mut pieces: BoxStream<'_, std::io::Result<Bytes>>,
+        expected: Option<&B3Digest>,
+    ) -> Result<B3Digest> {
+        let chunker = self.chunker;
+        let mut ingest = Ingest::new(self);
+        let result: Result<B3Digest> = async {
+            // The bytes after the last known boundary, when they began in an
+            // earlier piece.
+            let mut carry = BytesMut::new();
+            while let Some(mut piece) = pieces.next().await.transpose()? {
+                if !carry.is_empty() {
+                    // Complete the straddling chunk (it ends within `max` bytes
+                    // of its start), copying growing steps of the piece so
+                    // that little more than the chunk itself is copied.
+                    let old = carry.len();
+                    let mut step = chunker.min.max(4096);
+                    let n = loop {
+                        let have = carry.len() - old;
+                        let take = (have + step).min(chunker.max.saturating_sub(old)).min(piece.len());
+                        carry.extend_from_slice(&piece[have..take]);
+                        if let Some(n) = chunker.cut_known(&carry, false) {
+                            break Some(n);
+                        }
+                        if take == piece.len() {
+                            break None;
+                        }
+                        step *= 2;
+                    };
+                    let Some(n) = n else {
+                        continue; // The piece is used up.
+                    };
+                    // No boundary lies within the old carry (it was unknown),
+                    // so the chunk ends in this piece.
+                    if n < old {
+                        return Err(Error::Storage(format!("chunk boundary {n} inside the carried {old} bytes")));
+                    }
+                    ingest.chunk(carry.split_to(n).freeze()).await?;
+                    carry.clear();
+                    piece.advance(n - old);
+                }
+                let mut prev = 0;
+                for end in region_boundaries(chunker, &piece, false).await {
+                    ingest.chunk(piece.slice(prev..end)).await?;
+                    prev = end;
+                }
+                if prev < piece.len() {
+                    // Room for the whole straddling chunk: one allocation, no regrowth.
+                    carry.reserve(chunker.max);
+                    carry.extend_from_slice(&piece[prev..]);
+                }
+            }
+            let carry = carry.freeze();
+            let mut prev = 0;
+            for end in chunker.boundaries(&carry, true) {
+                ingest.chunk(carry.slice(prev..end)).await?;
+                prev = end;
+            }
+            ingest.finish(expected, None).await
         }
         .await;
         if result.is_err() {
@@ -547,6 +624,50 @@ mod tests {
             let chunks = svc.stat(&want).await.unwrap().unwrap();
             assert!(chunks.is_empty() || chunks.iter().map(|c| c.size).sum::<u64>() == len as u64);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn put_stream_cuts_as_one_scan_whatever_the_pieces() {
+        let chunker = Chunker::new(4 << 10, 16 << 10, 64 << 10);
+        let input = Bytes::from(data(6 << 20, 5));
+        let want = B3Digest::of(&input);
+        let sequential = chunker.boundaries(&input, true);
+        let pieces = |step: usize| {
+            let chunks: Vec<std::io::Result<Bytes>> =
+                (0..input.len()).step_by(step).map(|i| Ok(input.slice(i..(i + step).min(input.len())))).collect();
+            futures::stream::iter(chunks).boxed()
+        };
+        for step in [1000, 4096, 65_537, 1 << 20, 5 << 20, 6 << 20] {
+            let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), chunker);
+            assert_eq!(svc.put_stream(pieces(step), Some(&want)).await.unwrap(), want, "pieces of {step}");
+            let ends: Vec<usize> = svc
+                .stat(&want)
+                .await
+                .unwrap()
+                .unwrap()
+                .iter()
+                .scan(0, |end, c| {
+                    *end += c.size as usize;
+                    Some(*end)
+                })
+                .collect();
+            assert!(ends == sequential, "pieces of {step}");
+            let mut back = Vec::new();
+            svc.open_read(&want).await.unwrap().unwrap().read_to_end(&mut back).await.unwrap();
+            assert!(back == input, "read back, pieces of {step}");
+        }
+        // A wrong expected digest leaves nothing visible, one chunk or many;
+        // the empty stream is the empty blob.
+        let wrong = B3Digest::of(b"something else");
+        let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), chunker);
+        for len in [100, 6 << 20] {
+            let part = input.slice(..len);
+            let stream = futures::stream::iter([Ok(part.slice(..len / 2)), Ok(part.slice(len / 2..))]).boxed();
+            assert!(matches!(svc.put_stream(stream, Some(&wrong)).await, Err(Error::InvalidRequest(_))));
+            assert!(!svc.has(&B3Digest::of(&part)).await.unwrap());
+        }
+        let empty = svc.put_stream(futures::stream::empty().boxed(), None).await.unwrap();
+        assert_eq!(empty, B3Digest::of(b""));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! never asks whether it is also a blob.
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncSeek};
 
 use crate::{B3Digest, Result};
@@ -13,7 +14,7 @@ mod chunked;
 mod chunker;
 mod reader;
 
-pub use chunked::ChunkedBlobService;
+pub use chunked::{ChunkedBlobService, fresh_block};
 pub use chunker::Chunker;
 pub(crate) use reader::copy_out;
 pub use reader::{ChunkFetch, ChunkedReader};
@@ -56,6 +57,20 @@ pub trait BlobService: Send + Sync + 'static {
     async fn put_bytes(&self, data: Bytes, expected: Option<&B3Digest>) -> Result<B3Digest> {
         self.put(&mut data.as_ref(), expected).await
     }
+
+    /// Stores the concatenation of `pieces`, like [`BlobService::put`]. For
+    /// callers whose data already sits in shared buffers (NAR ingest hands
+    /// over slices of its read blocks): [`ChunkedBlobService`] cuts chunks
+    /// as slices of the pieces and copies only a chunk that straddles two of
+    /// them, where `put` copies everything into buffers of its own. A store
+    /// that keeps chunks in memory thus keeps the pieces' buffers alive.
+    async fn put_stream(
+        &self,
+        pieces: BoxStream<'_, std::io::Result<Bytes>>,
+        expected: Option<&B3Digest>,
+    ) -> Result<B3Digest> {
+        self.put(&mut tokio_util::io::StreamReader::new(pieces), expected).await
+    }
 }
 
 #[async_trait]
@@ -68,6 +83,16 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
         (**self).put(reader, expected).await
+    }
+    async fn put_bytes(&self, data: Bytes, expected: Option<&B3Digest>) -> Result<B3Digest> {
+        (**self).put_bytes(data, expected).await
+    }
+    async fn put_stream(
+        &self,
+        pieces: BoxStream<'_, std::io::Result<Bytes>>,
+        expected: Option<&B3Digest>,
+    ) -> Result<B3Digest> {
+        (**self).put_stream(pieces, expected).await
     }
 }
 
