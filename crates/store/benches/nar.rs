@@ -24,9 +24,10 @@
 //! the embedded (`redb:`) backends, next to castore's `fs::ingest` of the
 //! same tree and a plain copy of the NAR file with fsync (the disk's bound);
 //! rendering from the embedded backend with its chunk files in the page
-//! cache (whole, from the middle to the end, as a stream of `Bytes`), and
-//! `calculate`. `NAR_BENCH_RUNS` (default 3) repeats each phase; medians
-//! are reported with (min–max).
+//! cache (whole, from the middle to the end, as a stream of `Bytes`), the
+//! same store rendered whole through castore's gRPC clients from a server in
+//! the same process (loopback TCP), and `calculate`. `NAR_BENCH_RUNS`
+//! (default 3) repeats each phase; medians are reported with (min–max).
 use std::{
     collections::BTreeMap, fmt::Write as _, io::Write as _, path::Path, process::Command, sync::Arc, time::Instant,
 };
@@ -49,6 +50,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 const TARGET_INGEST_SHARE: f64 = 0.70;
 const TARGET_RENDER_MIBS: f64 = 1024.0;
+/// Directory gets, one after another, timed after a render.
+const ROUND_TRIPS: usize = 200;
 
 // ---------------------------------------------------------------- inputs
 
@@ -255,6 +258,38 @@ fn stores(backend: &str, store: &str) -> (Arc<dyn BlobService>, Arc<dyn Director
     (castore::blob_service_from_url(&addr).unwrap(), castore::directory_service_from_url(&addr).unwrap())
 }
 
+/// The embedded store at `store` as rendering sees it: `local` opens it in
+/// this process; `grpc` serves it from this process on 127.0.0.1 (TCP,
+/// TCP_NODELAY on accepted sockets, as `storefront serve` sets) and returns
+/// gRPC clients of that server, so every blob and directory fetch crosses
+/// the loopback network stack.
+async fn render_stores(via: &str, store: &str) -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>) {
+    let (blobs, dirs) = stores("embedded", store);
+    if via == "local" {
+        return (blobs, dirs);
+    }
+    assert_eq!(via, "grpc", "unknown way to reach the store");
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap().with_nodelay(Some(true));
+    let port = incoming.local_addr().unwrap().port();
+    let server = tonic::transport::Server::builder()
+        .add_service(castore::grpc::blob_service_server(blobs))
+        .add_service(castore::grpc::directory_service_server(dirs))
+        .serve_with_incoming(incoming);
+    tokio::spawn(async move { server.await.unwrap() });
+    let addr = format!("grpc+http://127.0.0.1:{port}");
+    (castore::blob_service_from_url(&addr).unwrap(), castore::directory_service_from_url(&addr).unwrap())
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 fn dir_node(digest: &str, size: &str) -> Node {
     Node::Directory { digest: digest.parse::<B3Digest>().unwrap(), size: size.parse().unwrap() }
 }
@@ -289,14 +324,15 @@ async fn child(args: Vec<String>) {
             out.set("s", t.elapsed().as_secs_f64());
             root(&mut out, node);
         }
-        // render STORE DIGEST SIZE FROM: read from FROM to the end (AsyncRead).
+        // render VIA STORE DIGEST SIZE FROM: read from FROM to the end
+        // (AsyncRead), VIA `local` or `grpc` (`render_stores`).
         "render" => {
-            let (blobs, dirs) = stores("embedded", a(1));
-            let node = dir_node(a(2), a(3));
-            let t = Instant::now();
-            let mut reader = NarReader::open(&node, blobs, dirs).await.unwrap();
+            let (blobs, dirs) = render_stores(a(1), a(2)).await;
+            let node = dir_node(a(3), a(4));
+            let (t, cpu) = (Instant::now(), cpu_seconds());
+            let mut reader = NarReader::open(&node, blobs, dirs.clone()).await.unwrap();
             out.set("open_s", t.elapsed().as_secs_f64());
-            let from: u64 = a(4).parse().unwrap();
+            let from: u64 = a(5).parse().unwrap();
             if from > 0 {
                 reader.seek(std::io::SeekFrom::Start(from)).await.unwrap();
             }
@@ -311,8 +347,17 @@ async fn child(args: Vec<String>) {
             }
             assert_eq!(n, reader.len() - from);
             out.set("s", t.elapsed().as_secs_f64());
+            out.set("cpu_s", cpu_seconds() - cpu);
             out.set("bytes", n);
             out.set("hwm_kib", proc_status_kib("VmHWM"));
+            // One request at a time: what each file would cost if rendering
+            // waited for one fetch before asking for the next.
+            let Node::Directory { digest, .. } = node else { unreachable!() };
+            let t = Instant::now();
+            for _ in 0..ROUND_TRIPS {
+                dirs.get(&digest).await.unwrap().unwrap();
+            }
+            out.set("rtt_s", t.elapsed().as_secs_f64() / ROUND_TRIPS as f64);
         }
         // stream STORE DIGEST SIZE: the whole NAR as a stream of Bytes.
         "stream" => {
@@ -456,11 +501,15 @@ fn parent() {
     let (digest, size) = (root.0.as_str(), root.1.as_str());
     let half = (mixed_bytes as u64 / 2).to_string();
     for s in &stored {
-        let r = bench::run_child(&["render", s, digest, size, "0"]);
+        let r = bench::run_child(&["render", "local", s, digest, size, "0"]);
         add("render", rate(mixed_bytes, &r));
         add("render_hwm", r.f64("hwm_kib") / 1024.0);
         add("open_ms", r.f64("open_s") * 1000.0);
-        let r = bench::run_child(&["render", s, digest, size, &half]);
+        let r = bench::run_child(&["render", "grpc", s, digest, size, "0"]);
+        add("render_grpc", rate(mixed_bytes, &r));
+        add("render_grpc_cores", r.f64("cpu_s") / r.f64("s"));
+        add("open_grpc_ms", r.f64("open_s") * 1000.0);
+        let r = bench::run_child(&["render", "local", s, digest, size, &half]);
         add("middle", r.f64("bytes") / MIB / r.f64("s"));
         let r = bench::run_child(&["stream", s, digest, size]);
         add("stream", rate(mixed_bytes, &r));
@@ -478,8 +527,13 @@ fn parent() {
         let s = store(&format!("small-{i}"));
         let r = bench::run_child(&["ingest", "embedded", &s, sm]);
         add("small_embedded", small_files as f64 / r.f64("s"));
-        let r = bench::run_child(&["render", &s, &r["digest"], &r["size"], "0"]);
+        let (digest, size) = (r["digest"].clone(), r["size"].clone());
+        let r = bench::run_child(&["render", "local", &s, &digest, &size, "0"]);
         add("small_render", small_files as f64 / r.f64("s"));
+        let r = bench::run_child(&["render", "grpc", &s, &digest, &size, "0"]);
+        add("small_render_grpc", small_files as f64 / r.f64("s"));
+        add("small_render_grpc_cores", r.f64("cpu_s") / r.f64("s"));
+        add("rtt_us", r.f64("rtt_s") * 1e6);
     }
     eprintln!("small files done at {:.1}s", started.elapsed().as_secs_f64());
 
@@ -502,7 +556,7 @@ fn parent() {
         mixed_bytes / MIB
     ));
     line(table_head(&["Measurement", "MiB/s", "Share of `openssl dgst -sha256`"]));
-    let rows: [(&str, &str); 13] = [
+    let rows: [(&str, &str); 14] = [
         ("openssl", "`openssl dgst -sha256` of the NAR file: the hashing limit"),
         ("sha2", "`sha2` crate (what ingest uses), same bytes already in memory"),
         ("discard", "NAR ingest, parsing and SHA-256 only (contents thrown away)"),
@@ -513,18 +567,24 @@ fn parent() {
         ("fs_embedded", "castore `fs::ingest` of the same tree into embedded, for comparison"),
         ("disk", "Plain copy of the NAR file (4 MiB writes) + fsync, same filesystem: the disk's bound"),
         ("render", "Render from embedded, warm: whole NAR, `AsyncRead` with 1 MiB reads"),
+        (
+            "render_grpc",
+            "Render from embedded through gRPC over loopback TCP, warm: whole NAR, `AsyncRead` with 1 MiB reads",
+        ),
         ("middle", "Render from embedded, warm: seek to the middle, read to the end"),
         ("stream", "Render from embedded, warm: whole NAR as a stream of `Bytes`"),
         ("calculate", "`calculate` (NarSize + NarHash) from embedded, warm"),
     ];
     for (k, what) in rows {
-        let share = if ["render", "middle", "stream"].contains(&k) { "–".into() } else { share(k) };
+        let share = if ["render", "render_grpc", "middle", "stream"].contains(&k) { "–".into() } else { share(k) };
         line(format!("| {what} | {} | {share} |", get(k)));
     }
     line(format!(
-        "\nOpening a reader (directory closure and layout of {mixed_files} files) took {:.1} ms. Peak RSS: NAR \
-         ingest into memory {:.0} MiB (the store holds the contents), into embedded {:.0} MiB; render {:.0} MiB.\n",
+        "\nOpening a reader (directory closure and layout of {mixed_files} files) took {:.1} ms ({:.1} ms through \
+         gRPC). Peak RSS: NAR ingest into memory {:.0} MiB (the store holds the contents), into embedded {:.0} MiB; \
+         render {:.0} MiB.\n",
         med("open_ms"),
+        med("open_grpc_ms"),
         med("memory_hwm"),
         med("embedded_hwm"),
         med("render_hwm")
@@ -537,6 +597,19 @@ fn parent() {
     line(format!("| NAR ingest into memory | {} |", get("small_memory")));
     line(format!("| NAR ingest into embedded (`redb:`), durable | {} |", get("small_embedded")));
     line(format!("| Render from embedded, warm | {} |", get("small_render")));
+    line(format!("| Render from embedded through gRPC over loopback TCP, warm | {} |", get("small_render_grpc")));
+    let cores = |k: &str| stat(k).map_or_else(|| "–".to_owned(), |s| s.show(2));
+    line(format!(
+        "\nThrough gRPC, client and server share this machine's {} cores: the render processes used {} (mixed) \
+         and {} (small files) cores' worth of CPU time over their wall time. One request at a time (a directory \
+         `Get`, {ROUND_TRIPS} in a row) takes {} µs, so fetching one file after another would render at most \
+         {:.0} files/s.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores("render_grpc_cores"),
+        cores("small_render_grpc_cores"),
+        stat("rtt_us").map_or_else(|| "–".to_owned(), |s| s.show(0)),
+        1e6 / med("rtt_us"),
+    ));
 
     let target = TARGET_INGEST_SHARE * hash_limit;
     line("\n### NAR targets\n".into());
