@@ -27,4 +27,6 @@ pub use digest::{B3Digest, DigestError};
 pub use directory::{Directory, DirectoryError, Name, Node};
 pub use dirsvc::DirectoryService;
 pub use error::{Error, Result};
-pub use url::{blob_service_from_url, directory_service_from_url};
+pub use url::{
+    SERVICE_ADDRESS_FORMS, blob_service_from_url, directory_service_from_url, open_service, parse_service_address,
+};

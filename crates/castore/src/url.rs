@@ -9,36 +9,41 @@ use crate::{
     kv::KvStore,
 };
 
-/// The URL forms, for error messages.
-const FORMS: &str = "memory:, redb:/path/castore.redb, grpc+http://host:port, grpc+https://host:port, \
-                     grpc+unix:/path.sock (append ?package=tvix for tvix servers)";
+/// The address forms every service accepts, for error messages.
+pub const SERVICE_ADDRESS_FORMS: &str = "memory:, redb:/path/castore.redb, grpc+http://host:port, \
+                                         grpc+https://host:port, grpc+unix:/path.sock (append ?package=tvix \
+                                         for tvix servers)";
 
-fn parse(addr: &str) -> Result<url::Url> {
-    url::Url::parse(addr)
-        .map_err(|e| Error::InvalidRequest(format!("invalid service address {addr:?}: {e}; use {FORMS}")))
+/// Parses a service address, with an error that lists the accepted forms.
+pub fn parse_service_address(addr: &str) -> Result<url::Url> {
+    url::Url::parse(addr).map_err(|e| {
+        Error::InvalidRequest(format!("invalid service address {addr:?}: {e}; use {SERVICE_ADDRESS_FORMS}"))
+    })
 }
 
 /// Opens a local engine or a gRPC transport for `addr`, then builds the
-/// service with `local` or `remote`.
-fn open<T: ?Sized>(
+/// service with `local` or `remote`. Layers above the castore (the store's
+/// PathInfo service) open theirs through this too, so every service takes
+/// the same addresses.
+pub fn open_service<T: ?Sized>(
     addr: &str,
     what: &str,
     local: impl FnOnce(Arc<dyn KvStore>) -> Arc<T>,
     remote: impl FnOnce(grpc::Transport) -> Arc<T>,
 ) -> Result<Arc<T>> {
-    let url = parse(addr)?;
+    let url = parse_service_address(addr)?;
     if let Some(kv) = crate::kv::open_url(&url)? {
         return Ok(local(kv));
     }
     if url.scheme().starts_with("grpc+") {
         return Ok(remote(grpc::connect(&url)?));
     }
-    Err(Error::InvalidRequest(format!("unknown {what} service address {addr:?}; use {FORMS}")))
+    Err(Error::InvalidRequest(format!("unknown {what} service address {addr:?}; use {SERVICE_ADDRESS_FORMS}")))
 }
 
 /// Opens a [`BlobService`] from an address such as `redb:/var/lib/storefront/castore.redb`.
 pub fn blob_service_from_url(addr: &str) -> Result<Arc<dyn BlobService>> {
-    open::<dyn BlobService>(
+    open_service::<dyn BlobService>(
         addr,
         "blob",
         |kv| Arc::new(ChunkedBlobService::new(kv)),
@@ -48,7 +53,7 @@ pub fn blob_service_from_url(addr: &str) -> Result<Arc<dyn BlobService>> {
 
 /// Opens a [`DirectoryService`] from an address such as `grpc+unix:/run/storefront.sock`.
 pub fn directory_service_from_url(addr: &str) -> Result<Arc<dyn DirectoryService>> {
-    open::<dyn DirectoryService>(
+    open_service::<dyn DirectoryService>(
         addr,
         "directory",
         |kv| Arc::new(KvDirectoryService::new(kv)),

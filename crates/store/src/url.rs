@@ -2,51 +2,33 @@
 //! (`PATH_INFO_SERVICE_ADDR`).
 use std::sync::Arc;
 
-use castore::{BlobService, DirectoryService, Error, Result, kv};
+use castore::{BlobService, DirectoryService, Result};
 
 use crate::pathinfo::{GrpcPathInfoService, KvPathInfoService, PathInfoService};
 
-const FORMS: &str = "memory:, redb:/path/castore.redb, grpc+http://host:port, grpc+https://host:port, \
-                     grpc+unix:/path.sock (append ?package=tvix for tvix servers)";
-
-/// Opens a [`PathInfoService`] from an address. Local engines check puts
-/// against `blobs` and `directories` (the castore holding the contents).
+/// Opens a [`PathInfoService`] from an address (the same forms as the
+/// castore services). Local engines check puts against `blobs` and
+/// `directories` (the castore holding the contents).
 pub fn path_info_service_from_url(
     addr: &str,
     blobs: Arc<dyn BlobService>,
     directories: Arc<dyn DirectoryService>,
 ) -> Result<Arc<dyn PathInfoService>> {
-    let url = url::Url::parse(addr)
-        .map_err(|e| Error::InvalidRequest(format!("invalid service address {addr:?}: {e}; use {FORMS}")))?;
-    if url.scheme().starts_with("grpc+") {
-        return Ok(Arc::new(GrpcPathInfoService::new(castore::grpc::connect(&url)?)));
-    }
-    let engine = kv::open_url(&url)?
-        .ok_or_else(|| Error::InvalidRequest(format!("unknown PathInfo service address {addr:?}; use {FORMS}")))?;
-    Ok(Arc::new(KvPathInfoService::new(engine, blobs, directories)))
+    castore::open_service::<dyn PathInfoService>(
+        addr,
+        "PathInfo",
+        |kv| Arc::new(KvPathInfoService::new(kv, blobs, directories)),
+        |t| Arc::new(GrpcPathInfoService::new(t)),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use castore::Node;
+    use castore::Error;
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::{PathInfo, StorePath};
-
-    fn info(seed: u8, references: Vec<StorePath>) -> PathInfo {
-        PathInfo {
-            store_path: StorePath::from_parts([seed; 20], "p").unwrap(),
-            node: Node::Symlink { target: Bytes::from_static(b"x") },
-            references,
-            nar_size: 1,
-            nar_sha256: [0; 32],
-            signatures: vec![],
-            deriver: None,
-            ca: None,
-        }
-    }
+    use crate::pathinfo::test_info as info;
 
     /// `memory:` and `redb:` keep records, list them, and enforce the
     /// reference precondition; unknown addresses are refused clearly.
@@ -58,8 +40,8 @@ mod tests {
             let blobs = castore::blob_service_from_url(addr).unwrap();
             let dirs = castore::directory_service_from_url(addr).unwrap();
             let paths = path_info_service_from_url(addr, blobs, dirs).unwrap();
-            let a = info(1, vec![]);
-            let b = info(2, vec![a.store_path.clone()]);
+            let a = info(1, &[]);
+            let b = info(2, &[1]);
             assert!(matches!(paths.put(b.clone()).await, Err(Error::FailedPrecondition(_))), "{addr}");
             paths.put(a.clone()).await.unwrap();
             paths.put(b.clone()).await.unwrap();

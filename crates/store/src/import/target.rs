@@ -63,8 +63,7 @@ impl Target {
     /// also calculates NAR hashes; `redb:/path/castore.redb` or `memory:`
     /// is a store in this process.
     pub fn open(addr: &str) -> Result<Self> {
-        let url =
-            url::Url::parse(addr).map_err(|e| Error::InvalidRequest(format!("invalid store address {addr:?}: {e}")))?;
+        let url = castore::parse_service_address(addr)?;
         if url.scheme().starts_with("grpc+") {
             // One channel (one HTTP/2 connection) carries all three services.
             let transport = castore::grpc::connect(&url)?;
@@ -77,10 +76,7 @@ impl Target {
             });
         }
         let kv = castore::kv::open_url(&url)?.ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "unknown store address {addr:?}; use grpc+http://host:port, grpc+https://…, grpc+unix:/path.sock \
-                 (append ?package=tvix for tvix servers), redb:/path/castore.redb or memory:"
-            ))
+            Error::InvalidRequest(format!("unknown store address {addr:?}; use {}", castore::SERVICE_ADDRESS_FORMS))
         })?;
         let blobs: Arc<dyn BlobService> = Arc::new(castore::blob::ChunkedBlobService::new(kv.clone()));
         let directories: Arc<dyn DirectoryService> = Arc::new(castore::dirsvc::KvDirectoryService::new(kv.clone()));
