@@ -573,6 +573,18 @@ mod tests {
         }
     }
 
+    /// Where each chunk of a stored blob ends, as offsets into the blob.
+    async fn chunk_ends(svc: &ChunkedBlobService, digest: &B3Digest) -> Vec<usize> {
+        let chunks = svc.stat(digest).await.unwrap().expect("blob stored");
+        chunks
+            .iter()
+            .scan(0, |end, c| {
+                *end += c.size as usize;
+                Some(*end)
+            })
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn streamed_chunks_are_the_sequential_ones() {
         // Blocks of 8 MiB split in two halves chunked at once: the chunk
@@ -583,17 +595,7 @@ mod tests {
         for step in [1 << 20, 65_537, 4 << 20] {
             let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), chunker);
             let digest = svc.put(&mut Trickle(&input, step), None).await.unwrap();
-            let ends: Vec<usize> = svc
-                .stat(&digest)
-                .await
-                .unwrap()
-                .unwrap()
-                .iter()
-                .scan(0, |end, c| {
-                    *end += c.size as usize;
-                    Some(*end)
-                })
-                .collect();
+            let ends = chunk_ends(&svc, &digest).await;
             assert!(ends == sequential, "reads of {step} bytes");
         }
     }
@@ -640,17 +642,7 @@ mod tests {
         for step in [1000, 4096, 65_537, 1 << 20, 5 << 20, 6 << 20] {
             let svc = ChunkedBlobService::with_chunker(Arc::new(MemoryStore::new()), chunker);
             assert_eq!(svc.put_stream(pieces(step), Some(&want)).await.unwrap(), want, "pieces of {step}");
-            let ends: Vec<usize> = svc
-                .stat(&want)
-                .await
-                .unwrap()
-                .unwrap()
-                .iter()
-                .scan(0, |end, c| {
-                    *end += c.size as usize;
-                    Some(*end)
-                })
-                .collect();
+            let ends = chunk_ends(&svc, &want).await;
             assert!(ends == sequential, "pieces of {step}");
             let mut back = Vec::new();
             svc.open_read(&want).await.unwrap().unwrap().read_to_end(&mut back).await.unwrap();

@@ -86,25 +86,8 @@ pub fn references_first(mut infos: Vec<PathInfo>) -> Vec<PathInfo> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use castore::Node;
-
     use super::*;
-    use crate::url::path_info_service_from_url;
-
-    fn info(seed: u8, references: &[u8]) -> PathInfo {
-        let path = |s: u8| StorePath::from_parts([s; 20], &format!("p{s}")).unwrap();
-        PathInfo {
-            store_path: path(seed),
-            node: Node::Symlink { target: Bytes::from_static(b"x") },
-            references: references.iter().map(|&r| path(r)).collect(),
-            nar_size: 1,
-            nar_sha256: [0; 32],
-            signatures: vec![],
-            deriver: None,
-            ca: None,
-        }
-    }
+    use crate::{pathinfo::test_info as info, url::path_info_service_from_url};
 
     fn assert_references_first(order: &[PathInfo]) {
         let pos: HashMap<_, _> = order.iter().enumerate().map(|(i, p)| (&p.store_path, i)).collect();

@@ -237,6 +237,23 @@ impl<T: PathInfoService + ?Sized> PathInfoService for std::sync::Arc<T> {
     }
 }
 
+/// A PathInfo for unit tests: a symlink (so no contents need storing) at a
+/// store path named after `seed`, referring to the paths of `references`.
+#[cfg(test)]
+pub(crate) fn test_info(seed: u8, references: &[u8]) -> PathInfo {
+    let path = |s: u8| StorePath::from_parts([s; 20], &format!("p{s}")).unwrap();
+    PathInfo {
+        store_path: path(seed),
+        node: Node::Symlink { target: Bytes::from_static(b"x") },
+        references: references.iter().map(|&r| path(r)).collect(),
+        nar_size: 1,
+        nar_sha256: [0; 32],
+        signatures: vec![],
+        deriver: None,
+        ca: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
