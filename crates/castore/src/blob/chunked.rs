@@ -263,8 +263,12 @@ impl<'a> Ingest<'a> {
         }
         Ok(digest)
     }
+}
 
-    fn abort(&self) {
+/// A put that ends early (an error, or its caller dropping it) stops the
+/// hashing and storing tasks it started; a finished one has none left.
+impl Drop for Ingest<'_> {
+    fn drop(&mut self) {
         self.pending.iter().for_each(JoinHandle::abort);
         self.whole.abort();
     }
@@ -432,32 +436,25 @@ impl BlobService for ChunkedBlobService {
         let mut buf = BytesMut::with_capacity(FIRST_BLOCK);
         let mut ingest = Ingest::new(self);
         let mut eof = false;
-        let result: Result<B3Digest> = async {
-            loop {
-                // Fill the block, then chunk all of it that can be chunked.
-                while !eof && buf.len() < buf.capacity() {
-                    let room = (buf.capacity() - buf.len()).min(READ_SIZE);
-                    eof = reader.read_buf(&mut (&mut buf).limit(room)).await? == 0;
-                    blocks.prepare(&buf);
-                }
-                let region = buf.split().freeze();
-                let mut prev = 0;
-                for end in region_boundaries(self.chunker, &region, eof).await {
-                    ingest.chunk(region.slice(prev..end)).await?;
-                    prev = end;
-                }
-                if eof {
-                    break;
-                }
-                blocks.next(&mut buf, &region[prev..]).await;
+        loop {
+            // Fill the block, then chunk all of it that can be chunked.
+            while !eof && buf.len() < buf.capacity() {
+                let room = (buf.capacity() - buf.len()).min(READ_SIZE);
+                eof = reader.read_buf(&mut (&mut buf).limit(room)).await? == 0;
+                blocks.prepare(&buf);
             }
-            ingest.finish(expected, Some(blocks.current)).await
+            let region = buf.split().freeze();
+            let mut prev = 0;
+            for end in region_boundaries(self.chunker, &region, eof).await {
+                ingest.chunk(region.slice(prev..end)).await?;
+                prev = end;
+            }
+            if eof {
+                break;
+            }
+            blocks.next(&mut buf, &region[prev..]).await;
         }
-        .await;
-        if result.is_err() {
-            ingest.abort();
-        }
-        result
+        ingest.finish(expected, Some(blocks.current)).await
     }
 
     /// Chunks every piece in place; only the bytes of a chunk that straddles
@@ -469,82 +466,68 @@ impl BlobService for ChunkedBlobService {
     ) -> Result<B3Digest> {
         let chunker = self.chunker;
         let mut ingest = Ingest::new(self);
-        let result: Result<B3Digest> = async {
-            // The bytes after the last known boundary, when they began in an
-            // earlier piece.
-            let mut carry = BytesMut::new();
-            while let Some(mut piece) = pieces.next().await.transpose()? {
-                if !carry.is_empty() {
-                    // Complete the straddling chunk (it ends within `max` bytes
-                    // of its start), copying growing steps of the piece so
-                    // that little more than the chunk itself is copied.
-                    let old = carry.len();
-                    let mut step = chunker.min.max(4096);
-                    let n = loop {
-                        let have = carry.len() - old;
-                        let take = (have + step).min(chunker.max.saturating_sub(old)).min(piece.len());
-                        carry.extend_from_slice(&piece[have..take]);
-                        if let Some(n) = chunker.cut_known(&carry, false) {
-                            break Some(n);
-                        }
-                        if take == piece.len() {
-                            break None;
-                        }
-                        step *= 2;
-                    };
-                    let Some(n) = n else {
-                        continue; // The piece is used up.
-                    };
-                    // No boundary lies within the old carry (it was unknown),
-                    // so the chunk ends in this piece.
-                    if n < old {
-                        return Err(Error::Storage(format!("chunk boundary {n} inside the carried {old} bytes")));
+        // The bytes after the last known boundary, when they began in an
+        // earlier piece.
+        let mut carry = BytesMut::new();
+        while let Some(mut piece) = pieces.next().await.transpose()? {
+            if !carry.is_empty() {
+                // Complete the straddling chunk (it ends within `max` bytes
+                // of its start), copying growing steps of the piece so
+                // that little more than the chunk itself is copied.
+                let old = carry.len();
+                let mut step = chunker.min.max(4096);
+                let n = loop {
+                    let have = carry.len() - old;
+                    let take = (have + step).min(chunker.max.saturating_sub(old)).min(piece.len());
+                    carry.extend_from_slice(&piece[have..take]);
+                    if let Some(n) = chunker.cut_known(&carry, false) {
+                        break Some(n);
                     }
-                    ingest.chunk(carry.split_to(n).freeze()).await?;
-                    carry.clear();
-                    piece.advance(n - old);
+                    if take == piece.len() {
+                        break None;
+                    }
+                    step *= 2;
+                };
+                let Some(n) = n else {
+                    continue; // The piece is used up.
+                };
+                // No boundary lies within the old carry (it was unknown),
+                // so the chunk ends in this piece.
+                if n < old {
+                    return Err(Error::Storage(format!("chunk boundary {n} inside the carried {old} bytes")));
                 }
-                let mut prev = 0;
-                for end in region_boundaries(chunker, &piece, false).await {
-                    ingest.chunk(piece.slice(prev..end)).await?;
-                    prev = end;
-                }
-                if prev < piece.len() {
-                    // Room for the whole straddling chunk: one allocation, no regrowth.
-                    carry.reserve(chunker.max);
-                    carry.extend_from_slice(&piece[prev..]);
-                }
+                ingest.chunk(carry.split_to(n).freeze()).await?;
+                carry.clear();
+                piece.advance(n - old);
             }
-            let carry = carry.freeze();
             let mut prev = 0;
-            for end in chunker.boundaries(&carry, true) {
-                ingest.chunk(carry.slice(prev..end)).await?;
+            for end in region_boundaries(chunker, &piece, false).await {
+                ingest.chunk(piece.slice(prev..end)).await?;
                 prev = end;
             }
-            ingest.finish(expected, None).await
+            if prev < piece.len() {
+                // Room for the whole straddling chunk: one allocation, no regrowth.
+                carry.reserve(chunker.max);
+                carry.extend_from_slice(&piece[prev..]);
+            }
         }
-        .await;
-        if result.is_err() {
-            ingest.abort();
+        let carry = carry.freeze();
+        let mut prev = 0;
+        for end in chunker.boundaries(&carry, true) {
+            ingest.chunk(carry.slice(prev..end)).await?;
+            prev = end;
         }
-        result
+        ingest.finish(expected, None).await
     }
 
     /// Chunks `data` in place: every chunk is a slice of it.
     async fn put_bytes(&self, mut data: Bytes, expected: Option<&B3Digest>) -> Result<B3Digest> {
         let mut ingest = Ingest::new(self);
-        let result: Result<B3Digest> = async {
-            while !data.is_empty() {
-                let chunk = data.split_to(self.chunker.cut(&data));
-                ingest.chunk(chunk).await?;
-            }
-            ingest.finish(expected, None).await
+        while !data.is_empty() {
+            let chunk = data.split_to(self.chunker.cut(&data));
+            ingest.chunk(chunk).await?;
         }
-        .await;
-        if result.is_err() {
-            ingest.abort();
-        }
-        result
+        ingest.finish(expected, None).await
     }
 }
 
