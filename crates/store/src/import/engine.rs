@@ -236,12 +236,7 @@ impl Importer {
         tokio::spawn(async move {
             let sha = info.nar_sha256;
             match paths.put(info).await {
-                Ok(stored) if stored.nar_sha256 != sha => Err(format!(
-                    "already stored with another NarHash ({}; the Nix database says {})",
-                    NixHash::sha256(stored.nar_sha256),
-                    NixHash::sha256(sha)
-                )),
-                Ok(_) => Ok(()),
+                Ok(stored) => super::check_same_nar(&stored, &sha),
                 Err(e) => Err(format!("putting the PathInfo: {e}")),
             }
         })

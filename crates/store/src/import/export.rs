@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use super::{Failure, ImportError, Progress, Summary, Target};
-use crate::{NixHash, StorePath, nar, pathinfo::PathInfo};
+use crate::{StorePath, nar, pathinfo::PathInfo};
 
 /// The marker after each NAR ("NIXE").
 const EXPORT_MAGIC: u64 = 0x4558_494e;
@@ -495,17 +495,10 @@ async fn put_one(target: Target, info: PathInfo) -> Put {
         Err(e) => return Put::Failed(path, format!("asking the store for the path: {e}")),
     };
     let (Put::Imported(info) | Put::Skipped(info)) = &stored else { unreachable!() };
-    if info.nar_sha256 != sha {
-        return Put::Failed(
-            path,
-            format!(
-                "already stored with another NarHash ({}; the stream's NAR has {})",
-                NixHash::sha256(info.nar_sha256),
-                NixHash::sha256(sha)
-            ),
-        );
+    match super::check_same_nar(info, &sha) {
+        Ok(()) => stored,
+        Err(message) => Put::Failed(path, message),
     }
-    stored
 }
 
 #[cfg(test)]

@@ -65,6 +65,21 @@ impl PathMeta {
     }
 }
 
+/// Fails when the store holds the path with a NarHash other than
+/// `nar_sha256`. Store paths are immutable, so a put of a path stored earlier
+/// returns the earlier record; a different NarHash there is this import's
+/// failure, not something to overwrite.
+pub(crate) fn check_same_nar(stored: &PathInfo, nar_sha256: &[u8; 32]) -> Result<(), String> {
+    if stored.nar_sha256 == *nar_sha256 {
+        return Ok(());
+    }
+    Err(format!(
+        "already stored with another NarHash ({}; this import's is {})",
+        crate::NixHash::sha256(stored.nar_sha256),
+        crate::NixHash::sha256(*nar_sha256)
+    ))
+}
+
 /// Where an import is: counts of paths and NAR bytes, done and in total.
 ///
 /// A path is done when it was imported, found already present, or failed.

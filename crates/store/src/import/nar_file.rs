@@ -112,12 +112,8 @@ pub async fn import_nar(
             e => format!("putting the PathInfo: {e}"),
         },
     })?;
-    if stored.nar_sha256 != ingested.nar_sha256 {
-        return Err(ImportError::Path {
-            path: path.to_string(),
-            message: format!("already stored with another NarHash ({})", NixHash::sha256(stored.nar_sha256)),
-        });
-    }
+    super::check_same_nar(&stored, &ingested.nar_sha256)
+        .map_err(|message| ImportError::Path { path: path.to_string(), message })?;
     summary.imported = 1;
     summary.bytes = ingested.nar_size;
     Ok(summary)
