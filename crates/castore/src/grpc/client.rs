@@ -33,9 +33,15 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// Size of the BlobChunks we upload.
 const PUT_CHUNK_SIZE: usize = 1 << 20;
 
+/// Where a client's token comes from when its address carries none.
+pub const TOKEN_ENV: &str = "STOREFRONT_TOKEN";
+
 /// Opens a (lazy) channel for `grpc+http://host:port`, `grpc+https://…` or
 /// `grpc+unix:/abs/path.sock`. `?package=tvix` speaks the tvix package names
-/// (default: snix).
+/// (default: snix). A token, the address's password
+/// (`grpc+http://:TOKEN@host:port`, any user name) or else
+/// `$STOREFRONT_TOKEN`, goes with every call as `authorization: Bearer
+/// TOKEN`: storefront asks writers (and, if configured, readers) for one.
 pub fn connect(url: &url::Url) -> Result<Transport> {
     let package = match url.query_pairs().find(|(k, _)| k == "package").map(|(_, v)| v.into_owned()) {
         None => Package::Snix,
@@ -43,7 +49,7 @@ pub fn connect(url: &url::Url) -> Result<Transport> {
         Some(p) if p == "tvix" => Package::Tvix,
         Some(p) => return Err(Error::InvalidRequest(format!("unknown package {p:?}: use snix or tvix"))),
     };
-    let bad = |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("{url}: {e}"));
+    let bad = |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("{}: {e}", redacted(url.as_str())));
     let channel = match url.scheme() {
         "grpc+unix" => {
             let path = url.path().to_owned();
@@ -70,7 +76,31 @@ pub fn connect(url: &url::Url) -> Result<Transport> {
         }
         other => return Err(bad(&format!("not a gRPC scheme: {other}"))),
     };
-    Ok(PackageRewrite::speak(channel, package))
+    let transport = PackageRewrite::speak(channel, package);
+    match token(url, std::env::var(TOKEN_ENV).ok()) {
+        Some(t) => transport.with_token(&t),
+        None => Ok(transport),
+    }
+}
+
+/// The token for `url`: its password, percent-decoded, else `from_env`.
+fn token(url: &url::Url, from_env: Option<String>) -> Option<String> {
+    url.password()
+        .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+        .or(from_env)
+        .filter(|t| !t.is_empty())
+}
+
+/// A service address as it may be logged or shown: a password (a token) is
+/// replaced by `***`.
+pub fn redacted(addr: &str) -> String {
+    match url::Url::parse(addr) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => addr.to_owned(),
+    }
 }
 
 fn not_found<T>(r: Result<T, tonic::Status>) -> Result<Option<T>> {
@@ -440,4 +470,58 @@ impl DirectoryService for GrpcDirectoryService {
 
 fn not_found_stream<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<Option<T>> {
     Ok(not_found(r)?.map(tonic::Response::into_inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    /// The password of the address wins over the environment, whatever the
+    /// user name; it is percent-decoded; an empty one counts as none.
+    #[test]
+    fn token_sources() {
+        let env = || Some("from-env".to_owned());
+        assert_eq!(token(&url("grpc+http://:s3cr%2Ft@127.0.0.1:1"), env()).as_deref(), Some("s3cr/t"));
+        assert_eq!(token(&url("grpc+http://nix:tok@127.0.0.1:1"), None).as_deref(), Some("tok"));
+        assert_eq!(token(&url("grpc+http://127.0.0.1:1"), env()).as_deref(), Some("from-env"));
+        assert_eq!(token(&url("grpc+unix:/run/castore.sock"), env()).as_deref(), Some("from-env"));
+        assert_eq!(token(&url("grpc+http://127.0.0.1:1"), None), None);
+        assert_eq!(token(&url("grpc+http://127.0.0.1:1"), Some(String::new())), None);
+    }
+
+    /// Every call through a transport with a token carries it as a Bearer
+    /// header, which `Debug` does not show; without one, no header.
+    #[tokio::test]
+    async fn calls_carry_the_token() {
+        use tower::{Service, ServiceExt};
+        let seen = |req: http::Request<()>| async move {
+            Ok::<_, Infallible>(req.headers().get(http::header::AUTHORIZATION).cloned())
+        };
+        let mut with = PackageRewrite::speak(tower::service_fn(seen), Package::Tvix).with_token("s3cret").unwrap();
+        for _ in 0..2 {
+            let req = http::Request::builder().uri("/snix.castore.v1.BlobService/Put").body(()).unwrap();
+            let header = with.ready().await.unwrap().call(req).await.unwrap();
+            assert_eq!(header.as_ref().and_then(|v| v.to_str().ok()), Some("Bearer s3cret"));
+        }
+        assert!(!format!("{with:?}").contains("s3cret"), "Debug shows the token: {with:?}");
+        let without = PackageRewrite::speak(tower::service_fn(seen), Package::Snix);
+        let req = http::Request::builder().uri("/snix.castore.v1.BlobService/Put").body(()).unwrap();
+        assert_eq!(without.oneshot(req).await.unwrap(), None);
+        assert!(PackageRewrite::speak(tower::service_fn(seen), Package::Snix).with_token("a\nb").is_err());
+        let transport = connect(&url("grpc+http://:tok@127.0.0.1:1")).unwrap();
+        assert!(format!("{transport:?}").contains("Sensitive"), "{transport:?}");
+    }
+
+    #[test]
+    fn addresses_are_shown_without_their_token() {
+        assert_eq!(redacted("grpc+http://:s3cret@127.0.0.1:8000"), "grpc+http://:***@127.0.0.1:8000");
+        assert_eq!(redacted("grpc+http://127.0.0.1:8000?package=tvix"), "grpc+http://127.0.0.1:8000?package=tvix");
+        assert_eq!(redacted("redb:/var/lib/storefront/castore.redb"), "redb:/var/lib/storefront/castore.redb");
+    }
 }

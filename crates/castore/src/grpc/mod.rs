@@ -4,12 +4,14 @@
 //! Rust code exists once (snix); tvix method paths differ only in the
 //! package prefix, so [`PackageRewrite`] maps one onto the other: a server
 //! wraps its routes to answer both, a client wraps its channel to speak tvix.
+//! The same wrapper carries a client's token (`authorization: Bearer …`),
+//! which servers that check writes (storefront) ask for.
 use std::task::{Context, Poll};
 
 mod client;
 mod server;
 
-pub use client::{GrpcBlobService, GrpcDirectoryService, Transport, connect};
+pub use client::{GrpcBlobService, GrpcDirectoryService, TOKEN_ENV, Transport, connect, redacted};
 pub use server::{BlobServer, DirectoryServer, EXPECTED_DIGEST_HEADER, blob_service_server, directory_service_server};
 
 /// Which generation of the protocol's package names to speak.
@@ -30,26 +32,39 @@ pub const SERVICE_NAMES: [&str; 4] = [
     "tvix.castore.v1.DirectoryService",
 ];
 
-/// Rewrites the package prefix of request paths (`/tvix.` ⇄ `/snix.`).
+/// Rewrites the package prefix of request paths (`/tvix.` ⇄ `/snix.`),
+/// and on a client adds its `authorization` header to every call.
 #[derive(Clone, Debug)]
 pub struct PackageRewrite<S> {
     inner: S,
     from: &'static str,
     to: &'static str,
+    /// Marked sensitive, so `Debug` does not show it.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl<S> PackageRewrite<S> {
     /// For a server whose routes speak snix: answers tvix paths too.
     pub fn accept_tvix(inner: S) -> Self {
-        Self { inner, from: "/tvix.", to: "/snix." }
+        Self { inner, from: "/tvix.", to: "/snix.", authorization: None }
     }
 
     /// For a client: sends snix-generated calls under `package`.
     pub fn speak(inner: S, package: Package) -> Self {
-        match package {
-            Package::Snix => Self { inner, from: "/snix.", to: "/snix." },
-            Package::Tvix => Self { inner, from: "/snix.", to: "/tvix." },
-        }
+        let (from, to) = match package {
+            Package::Snix => ("/snix.", "/snix."),
+            Package::Tvix => ("/snix.", "/tvix."),
+        };
+        Self { inner, from, to, authorization: None }
+    }
+
+    /// For a client: sends `authorization: Bearer <token>` with every call.
+    pub fn with_token(mut self, token: &str) -> crate::Result<Self> {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| crate::Error::InvalidRequest("the token has characters that a header cannot carry".into()))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 }
 
@@ -66,6 +81,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            req.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
+        }
         if self.from != self.to
             && let Some(rest) = req.uri().path().strip_prefix(self.from)
         {
