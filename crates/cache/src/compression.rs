@@ -143,7 +143,10 @@ impl FromStr for Compression {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Compression::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
             let known: Vec<_> = Compression::ALL.iter().map(|c| c.name()).collect();
-            CacheError::Unsupported(format!("compression {s:?} is not supported; this server speaks {}", known.join(", ")))
+            CacheError::Unsupported(format!(
+                "compression {s:?} is not supported; this server speaks {}",
+                known.join(", ")
+            ))
         })
     }
 }

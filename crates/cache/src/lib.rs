@@ -141,7 +141,12 @@ impl IntoResponse for CacheError {
         }
         let mut body = self.to_string();
         body.push('\n');
-        (status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+        let mut response = (status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+        if let CacheError::RangeNotSatisfiable(len) = self {
+            let range = http::HeaderValue::from_str(&format!("bytes */{len}")).expect("digits are a valid header");
+            response.headers_mut().insert(http::header::CONTENT_RANGE, range);
+        }
+        response
     }
 }
 
@@ -181,12 +186,11 @@ impl BinaryCache {
 /// The binary cache's routes. Paths not its own fall through to the
 /// caller's fallback (the binary merges this with the registry's router).
 pub fn router(cache: Arc<BinaryCache>) -> Router {
-    use axum::routing::{get, put};
+    use axum::routing::get;
     Router::new()
         .route("/nix-cache-info", get(narinfo::cache_info).put(upload::put_cache_info))
         .route("/{file}", get(narinfo::get_file).put(upload::put_file))
         .route("/nar/{file}", get(nar::get_nar).put(upload::put_nar))
-        .route("/log/{file}", get(files::get_log).put(upload::put_log))
         .route("/{dir}/{*rest}", get(files::get_other).put(upload::put_other))
         .with_state(cache)
 }
