@@ -18,6 +18,8 @@ use store::{
 };
 use tokio::sync::watch;
 
+use crate::auth::{DEFAULT_TOKEN_FILE, Tokens};
+
 /// The default `--store`: a server on this machine, at `serve`'s default address.
 const DEFAULT_STORE: &str = "grpc+http://127.0.0.1:8000";
 
@@ -41,6 +43,15 @@ pub struct ImportArgs {
     /// must not be running.
     #[arg(long, value_name = "DIR", conflicts_with = "store")]
     data: Option<PathBuf>,
+
+    /// A file of tokens (one a line, as `serve --write-token-file`): the
+    /// first is sent to the server as the write token. Without it, the
+    /// token is the --store URL's password (`grpc+http://:TOKEN@host:port`),
+    /// else $STOREFRONT_TOKEN, else the first one in the write token file
+    /// `serve` creates in its default data directory, when readable.
+    /// Unused with --data.
+    #[arg(long, env = "STOREFRONT_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     /// The Nix store directory the paths live in.
     #[arg(long, env = "NIX_STORE_DIR", default_value = DEFAULT_STORE_DIR, value_name = "DIR")]
@@ -139,12 +150,14 @@ async fn open_target(args: &ImportArgs) -> anyhow::Result<(Target, String)> {
         })?;
         return Ok((target, data.display().to_string()));
     }
-    let url = args
+    let addr = args
         .store
         .clone()
         .or_else(|| std::env::var("STOREFRONT_STORE").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| DEFAULT_STORE.to_owned());
-    let target = Target::open(&url).with_context(|| format!("opening the store {url}"))?;
+    let url = castore::grpc::redacted(&addr);
+    let addr = with_token(addr, args.token_file.as_deref())?;
+    let target = Target::open(&addr).with_context(|| format!("opening the store {url}"))?;
     // The first call tells an unreachable server, or one without the
     // PathInfo service, apart from everything later.
     if let Err(e) = target.paths.get(&[0; 20]).await {
@@ -157,6 +170,39 @@ async fn open_target(args: &ImportArgs) -> anyhow::Result<(Target, String)> {
         }
     }
     Ok((target, url))
+}
+
+/// `addr` with the write token in its password: the first token of
+/// `token_file`; failing that, unless the address or $STOREFRONT_TOKEN
+/// holds one already, the first of the local server's default token file
+/// (so `serve` and `import` on one machine need no setup).
+fn with_token(addr: String, token_file: Option<&Path>) -> anyhow::Result<String> {
+    let Ok(mut url) = castore::parse_service_address(&addr) else {
+        return Ok(addr); // Target::open says what is wrong with it
+    };
+    if !url.scheme().starts_with("grpc+") {
+        return Ok(addr);
+    }
+    let has_token = url.password().is_some() || std::env::var(castore::grpc::TOKEN_ENV).is_ok_and(|t| !t.is_empty());
+    let token = match token_file {
+        Some(file) => Some(
+            Tokens::read(file)?
+                .first()
+                .map(str::to_owned)
+                .with_context(|| format!("the token file {} holds no token", file.display()))?,
+        ),
+        None if has_token || !url.has_host() => None,
+        None => Tokens::read(&crate::config::default_data_dir().join(DEFAULT_TOKEN_FILE))
+            .ok()
+            .and_then(|t| t.first().map(str::to_owned)),
+    };
+    let Some(token) = token else {
+        return Ok(addr);
+    };
+    if url.set_password(Some(&token)).is_err() {
+        bail!("{} cannot carry a token (it has no host); set {} instead", url.scheme(), castore::grpc::TOKEN_ENV);
+    }
+    Ok(url.into())
 }
 
 async fn import_paths(

@@ -2,8 +2,10 @@
 //! configuration and wires crates together; protocol logic lives in them.
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod config;
 mod import;
+mod metrics;
 mod serve;
 
 #[derive(Parser)]
@@ -19,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve gRPC (tvix/snix castore) and HTTP on one address.
+    /// Serve gRPC (tvix/snix castore and store), the Nix binary cache and
+    /// /metrics on one address.
     Serve(config::ServeArgs),
     /// Import store paths with their closures (from the local Nix store, a
     /// `nix-store --export` stream, or a NAR) into a store.

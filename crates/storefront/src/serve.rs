@@ -2,34 +2,54 @@
 //!
 //! Requests with `content-type: application/grpc…` go to the gRPC services
 //! (answering both the snix and tvix package names); everything else goes to
-//! the HTTP router. Every accepted socket gets TCP_NODELAY. SIGTERM or SIGINT
-//! stops accepting and lets open requests finish.
+//! the HTTP router: the binary cache, `/healthz` and `/metrics`. Both share
+//! one set of storage services. Around everything sit the metrics layer and
+//! then the auth layer, so every request is counted and checked whatever
+//! protocol it speaks. Every accepted socket gets TCP_NODELAY. SIGTERM or
+//! SIGINT stops accepting and lets open requests finish.
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, routing::get};
-use castore::grpc::PackageRewrite;
+use axum::{Router, body::Body, routing::get};
+use castore::{BlobService, DirectoryService, grpc::PackageRewrite, kv::KvStore};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use store::PathInfoService;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
-use crate::config::ServeConfig;
+use crate::{auth::Policy, config::ServeConfig, metrics::Metrics};
 
 /// How long open connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
-    let blobs = castore::blob_service_from_url(&cfg.blob_service_addr)
-        .with_context(|| format!("opening blob service {}", cfg.blob_service_addr))?;
-    let directories = castore::directory_service_from_url(&cfg.directory_service_addr)
-        .with_context(|| format!("opening directory service {}", cfg.directory_service_addr))?;
-    let paths = store::url::path_info_service_from_url(&cfg.path_info_service_addr, blobs.clone(), directories.clone())
-        .with_context(|| format!("opening PathInfo service {}", cfg.path_info_service_addr))?;
+/// The storage every face of the server reads and writes: opened once.
+struct Services {
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    paths: Arc<dyn PathInfoService>,
+}
 
+impl Services {
+    fn open(cfg: &ServeConfig) -> anyhow::Result<Services> {
+        let blobs = castore::blob_service_from_url(&cfg.blob_service_addr)
+            .with_context(|| format!("opening blob service {}", castore::grpc::redacted(&cfg.blob_service_addr)))?;
+        let directories = castore::directory_service_from_url(&cfg.directory_service_addr).with_context(|| {
+            format!("opening directory service {}", castore::grpc::redacted(&cfg.directory_service_addr))
+        })?;
+        let paths =
+            store::url::path_info_service_from_url(&cfg.path_info_service_addr, blobs.clone(), directories.clone())
+                .with_context(|| {
+                    format!("opening PathInfo service {}", castore::grpc::redacted(&cfg.path_info_service_addr))
+                })?;
+        Ok(Services { blobs, directories, paths })
+    }
+}
+
+async fn grpc_router(services: &Services) -> anyhow::Result<Router> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -39,11 +59,12 @@ async fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
             .register_encoded_file_descriptor_set(store::proto::TVIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let Services { blobs, directories, paths } = services;
     let mut routes = tonic::service::Routes::builder();
     routes
-        .add_service(store::pathinfo::path_info_service_server(paths, blobs.clone(), directories.clone()))
-        .add_service(castore::grpc::blob_service_server(blobs))
-        .add_service(castore::grpc::directory_service_server(directories))
+        .add_service(store::pathinfo::path_info_service_server(paths.clone(), blobs.clone(), directories.clone()))
+        .add_service(castore::grpc::blob_service_server(blobs.clone()))
+        .add_service(castore::grpc::directory_service_server(directories.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -53,19 +74,54 @@ async fn grpc_router(cfg: &ServeConfig) -> anyhow::Result<Router> {
     Ok(routes.routes().into_axum_router())
 }
 
-fn http_router() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" }))
+/// The binary cache over the shared services, its own records in the
+/// `metadata_addr` engine.
+fn binary_cache(cfg: &ServeConfig, services: &Services) -> anyhow::Result<Arc<cache::BinaryCache>> {
+    let url = castore::parse_service_address(&cfg.metadata_addr)?;
+    let meta: Arc<dyn KvStore> = castore::kv::open_url(&url)?
+        .with_context(|| format!("metadata address {}: must be memory: or redb:PATH", cfg.metadata_addr))?;
+    let Services { blobs, directories, paths } = services;
+    let cache = cache::BinaryCache::new(cfg.cache.clone(), blobs.clone(), directories.clone(), paths.clone(), meta)
+        .context("setting up the binary cache")?;
+    let c = cache.config();
+    match &c.signing_key {
+        Some(key) => info!(
+            public_key = %key.verifying_key(),
+            "narinfos are signed by {}; clients trust it with this key in trusted-public-keys",
+            key.name()
+        ),
+        None => info!("narinfos carry only the signatures stored with each path (no --signing-key)"),
+    }
+    let upstreams: Vec<String> = c.upstreams.iter().map(|u| castore::grpc::redacted(u.as_str())).collect();
+    let trusted: Vec<&str> = c.trusted_public_keys.iter().map(|k| k.name()).collect();
+    info!(
+        upstreams = ?upstreams,
+        trusted_public_keys = ?trusted,
+        nar_compression = %c.nar_compression,
+        priority = c.priority,
+        store_dir = %c.store_dir,
+        metadata = %cfg.metadata_addr,
+        "binary cache"
+    );
+    Ok(cache)
 }
 
-fn is_grpc(req: &http::Request<hyper::body::Incoming>) -> bool {
+/// Whether a request is a gRPC call (it goes to the tonic routes).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data directory {}", cfg.data.display()))?;
-    let grpc = PackageRewrite::accept_tvix(grpc_router(&cfg).await?);
-    let http = http_router();
-    let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let policy = Policy::load(&cfg.auth, &cfg.data)?;
+    let services = Services::open(&cfg)?;
+    let grpc = PackageRewrite::accept_tvix(grpc_router(&services).await?);
+    let metrics = Metrics::new();
+    let http = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(metrics.router())
+        .merge(cache::router(binary_cache(&cfg, &services)?));
+    let dispatch = tower::service_fn(move |req: http::Request<Body>| {
         let grpc = grpc.clone();
         let http = http.clone();
         async move {
@@ -73,6 +129,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
         }
     });
+    let app = tower::ServiceBuilder::new().layer(metrics.layer()).layer(policy.layer()).service(dispatch);
 
     // Before the port opens: whoever sees us listening may signal us.
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
@@ -81,9 +138,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     info!(
         listen = %listener.local_addr()?,
         data = %cfg.data.display(),
-        blobs = %cfg.blob_service_addr,
-        directories = %cfg.directory_service_addr,
-        path_info = %cfg.path_info_service_addr,
+        blobs = %castore::grpc::redacted(&cfg.blob_service_addr),
+        directories = %castore::grpc::redacted(&cfg.directory_service_addr),
+        path_info = %castore::grpc::redacted(&cfg.path_info_service_addr),
         "storefront serving gRPC and HTTP"
     );
 

@@ -40,29 +40,44 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server on a fresh, temporary data directory.
+    /// A server on a fresh, temporary data directory. Like every `start*`
+    /// but the `start_secure*` ones, it accepts anonymous writes, unless
+    /// the extra flags name a `--write-token-file`.
     pub fn start() -> Server {
-        Self::start_with(None, &[])
+        Self::start_with(None, &[], true)
     }
 
     /// A server on a fresh data directory with extra `serve` flags.
     pub fn start_args(extra: &[&str]) -> Server {
-        Self::start_with(None, extra)
+        Self::start_with(None, extra, true)
     }
 
     /// A server on the caller's data directory (which outlives the server).
     pub fn start_in(data: &Path) -> Server {
-        Self::start_with(Some(data), &[])
+        Self::start_with(Some(data), &[], true)
     }
 
     /// A server on the caller's data directory with extra `serve` flags.
     pub fn start_with_data_args(data: &Path, extra: &[&str]) -> Server {
-        Self::start_with(Some(data), extra)
+        Self::start_with(Some(data), extra, true)
     }
 
-    fn start_with(data: Option<&Path>, extra: &[&str]) -> Server {
+    /// A server that checks write tokens (by default from the token file
+    /// it creates in its data directory: [`Server::write_token`]).
+    pub fn start_secure(extra: &[&str]) -> Server {
+        Self::start_with(None, extra, false)
+    }
+
+    /// [`Server::start_secure`] on the caller's data directory.
+    pub fn start_secure_in(data: &Path, extra: &[&str]) -> Server {
+        Self::start_with(Some(data), extra, false)
+    }
+
+    fn start_with(data: Option<&Path>, extra: &[&str], anonymous_writes: bool) -> Server {
         let scratch = tempfile::tempdir().expect("temp dir");
         let data = data.map(Path::to_path_buf).unwrap_or_else(|| scratch.path().join("data"));
+        let anonymous_writes = anonymous_writes && !extra.contains(&"--write-token-file");
+        let anonymous: &[&str] = if anonymous_writes { &["--allow-anonymous-writes"] } else { &[] };
         let log = scratch.path().join("server.log");
         let mut last_log = String::new();
         // The free port we picked may be taken by someone else before the
@@ -76,14 +91,26 @@ impl Server {
                 .arg(addr.to_string())
                 .arg("--data")
                 .arg(&data)
+                .args(anonymous)
                 .args(extra)
                 .env("STOREFRONT_LOG", "info,castore=debug")
                 .env("NO_COLOR", "1")
                 .env_remove("BLOB_SERVICE_ADDR")
                 .env_remove("DIRECTORY_SERVICE_ADDR")
+                .env_remove("PATH_INFO_SERVICE_ADDR")
+                .env_remove("METADATA_ADDR")
                 .env_remove("STOREFRONT_CONFIG")
                 .env_remove("STOREFRONT_LISTEN")
                 .env_remove("STOREFRONT_DATA")
+                .env_remove("STOREFRONT_WRITE_TOKEN_FILE")
+                .env_remove("STOREFRONT_READ_TOKEN_FILE")
+                .env_remove("STOREFRONT_ALLOW_ANONYMOUS_WRITES")
+                .env_remove("STOREFRONT_SIGNING_KEY")
+                .env_remove("STOREFRONT_UPSTREAM")
+                .env_remove("STOREFRONT_TRUSTED_PUBLIC_KEYS")
+                .env_remove("STOREFRONT_NAR_COMPRESSION")
+                .env_remove("STOREFRONT_PRIORITY")
+                .env_remove("STOREFRONT_STORE_DIR")
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("log file"))
                 .stderr(log_file)
@@ -128,6 +155,24 @@ impl Server {
 
     pub fn data(&self) -> &Path {
         &self.data
+    }
+
+    /// The token file a secure server without `--write-token-file` created.
+    pub fn token_file(&self) -> PathBuf {
+        self.data.join("write-tokens")
+    }
+
+    /// The first token of [`Server::token_file`].
+    pub fn write_token(&self) -> String {
+        let file = self.token_file();
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        let token = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+        token.unwrap_or_else(|| panic!("no token in {}:\n{text}", file.display())).to_owned()
+    }
+
+    /// `grpc+http://:TOKEN@127.0.0.1:PORT`, for our client backends.
+    pub fn url_with_token(&self, token: &str) -> String {
+        format!("grpc+http://:{token}@{}", self.addr)
     }
 
     pub fn log(&self) -> String {
@@ -189,22 +234,165 @@ fn free_port() -> SocketAddr {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}"));
-    let status_line = text.lines().next().ok_or_else(bad)?;
-    let mut parts = status_line.split(' ');
-    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err(bad());
+    let resp = try_request(addr, "GET", path, &[], b"")?;
+    Ok((resp.status, resp.text()))
+}
+
+/// An HTTP response, body decoded from chunked transfer encoding (but not
+/// from any `Content-Encoding`).
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
-    let code = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((code, body))
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Status, headers and (the start of) the body, for assertion messages.
+    pub fn describe(&self) -> String {
+        let mut s = format!("HTTP {}\n", self.status);
+        for (n, v) in &self.headers {
+            s.push_str(&format!("{n}: {v}\n"));
+        }
+        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(600)]).into_owned();
+        s.push_str(&format!("\n{body}{}", if self.body.len() > 600 { "…" } else { "" }));
+        s
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`); panics on an
+/// I/O error.
+#[track_caller]
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, &[], b"")
+}
+
+pub fn head(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "HEAD", path, &[], b"")
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "PUT" || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    // A server may answer (401, 400) before reading the body and close: a
+    // failed body write is then not the error, the answer is.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A reset after a complete answer (the server closed with our body unread).
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    parse_response(&raw, method == "HEAD")
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+/// Parses a whole response read until the server closed the connection.
+pub fn parse_response(raw: &[u8], head_only: bool) -> std::io::Result<Response> {
+    let mut raw = raw;
+    loop {
+        let end = find(raw, b"\r\n\r\n")
+            .ok_or_else(|| invalid(format!("no complete response head in {:?}", String::from_utf8_lossy(raw))))?;
+        let head = std::str::from_utf8(&raw[..end]).map_err(|_| invalid("response head is not UTF-8".into()))?;
+        let rest = &raw[end + 4..];
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+            return Err(invalid(format!("not an HTTP response: {status_line:?}")));
+        }
+        let status: u16 = parts
+            .next()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+        if (100..200).contains(&status) {
+            raw = rest; // an interim response (100 Continue): the real one follows
+            continue;
+        }
+        let headers: Vec<(String, String)> =
+            lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())).collect();
+        let mut resp = Response { status, headers, body: Vec::new() };
+        if head_only || status == 204 || status == 304 {
+            return Ok(resp);
+        }
+        if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            resp.body = dechunk(rest)?;
+        } else if let Some(len) = resp.header("content-length") {
+            let len: usize = len.parse().map_err(|_| invalid(format!("bad Content-Length {len:?}")))?;
+            if rest.len() < len {
+                return Err(invalid(format!(
+                    "response body cut short: Content-Length {len}, got {} bytes (status {status})",
+                    rest.len()
+                )));
+            }
+            resp.body = rest[..len].to_vec();
+        } else {
+            resp.body = rest.to_vec();
+        }
+        return Ok(resp);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn dechunk(mut raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(raw, b"\r\n").ok_or_else(|| invalid("chunked body cut short".into()))?;
+        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|_| invalid("bad chunk size".into()))?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size =
+            usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size {size_text:?}")))?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if raw.len() < size + 2 {
+            return Err(invalid("chunked body cut short".into()));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
 }
 
 /// A whole blob (or chunk) read through a [`castore::BlobService`].
@@ -347,9 +535,20 @@ pub fn assert_bfs(got: &[Directory], all: &[Directory], root: &B3Digest) {
 /// does not leak the caller's configuration.
 pub fn storefront() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_storefront"));
-    for var in ["STOREFRONT_STORE", "STOREFRONT_CONFIG", "STOREFRONT_DATA", "STOREFRONT_LISTEN", "NIX_STORE_DIR"] {
+    for var in [
+        "STOREFRONT_STORE",
+        "STOREFRONT_CONFIG",
+        "STOREFRONT_DATA",
+        "STOREFRONT_LISTEN",
+        "NIX_STORE_DIR",
+        "STOREFRONT_TOKEN",
+        "STOREFRONT_TOKEN_FILE",
+    ] {
         cmd.env_remove(var);
     }
+    // `import` would pick up the token of a server in the default data
+    // directory of whoever runs the tests.
+    cmd.env("XDG_DATA_HOME", "/nonexistent/storefront-tests");
     cmd.env("NO_COLOR", "1").env("RUST_BACKTRACE", "0").env("STOREFRONT_LOG", "warn");
     cmd
 }
