@@ -244,6 +244,20 @@ impl KvStore for DropKv {
     fn scan(&self, _: Table) -> BoxStream<'static, castore::Result<(Bytes, Bytes)>> {
         futures::stream::empty().boxed()
     }
+    fn scan_prefix(&self, _: Table, _: Bytes) -> BoxStream<'static, castore::Result<(Bytes, Bytes)>> {
+        futures::stream::empty().boxed()
+    }
+    /// Every record is absent: a swap from absent succeeds (and its new
+    /// value is dropped), any other is answered with "absent".
+    async fn compare_and_swap(
+        &self,
+        _: Table,
+        _: Bytes,
+        current: Option<Bytes>,
+        _: Option<Bytes>,
+    ) -> castore::Result<Result<(), Option<Bytes>>> {
+        Ok(if current.is_none() { Ok(()) } else { Err(None) })
+    }
 }
 
 fn stores(backend: &str, store: &str) -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>) {

@@ -15,6 +15,11 @@
 //! syncs the chunk filesystem if chunks were written since the last sync. So
 //! a blob index or directory is never durable before the chunks it names: a
 //! power loss can only drop records nothing durable refers to.
+//!
+//! Mutable records change only through [`KvStore::compare_and_swap`], which
+//! the writer thread evaluates inside the group's write transaction (so it is
+//! atomic with respect to every other write) and answers only once that
+//! transaction is committed, under the same sync rule as a put.
 use std::{
     collections::{HashMap, VecDeque},
     ffi::{CStr, CString},
@@ -51,10 +56,33 @@ const SCAN_BATCH: usize = 1024;
 /// Most write requests folded into one redb commit.
 const MAX_GROUP: usize = 4096;
 
-struct WriteOp {
-    table: Table,
-    records: Vec<(Bytes, Bytes)>,
-    done: oneshot::Sender<Result<()>>,
+/// The outcome of a compare-and-swap: `Err` holds the record's actual value.
+type Swapped = std::result::Result<(), Option<Bytes>>;
+
+/// A request to the writer thread. Requests are applied in the order they
+/// were queued, several to one transaction, and answered after its commit.
+enum WriteOp {
+    /// Records put first-writer-wins.
+    Put { table: Table, records: Vec<(Bytes, Bytes)>, done: oneshot::Sender<Result<()>> },
+    /// A compare-and-swap of one record, evaluated inside the transaction.
+    Swap {
+        table: Table,
+        key: Bytes,
+        current: Option<Bytes>,
+        new: Option<Bytes>,
+        done: oneshot::Sender<Result<Swapped>>,
+    },
+}
+
+impl WriteOp {
+    /// Answers the caller with its outcome, or with the group's error.
+    fn answer(self, outcome: std::result::Result<Swapped, String>) {
+        // A caller that went away no longer needs its answer.
+        match self {
+            WriteOp::Put { done, .. } => drop(done.send(outcome.map(|_| ()).map_err(Error::Storage))),
+            WriteOp::Swap { done, .. } => drop(done.send(outcome.map_err(Error::Storage))),
+        }
+    }
 }
 
 /// The embedded engine; clones share one database and writer thread.
@@ -181,26 +209,29 @@ impl Inner {
         })
     }
 
-    /// Up to [`SCAN_BATCH`] records of a redb table with keys after `after`.
-    fn record_batch(&self, table: Table, after: Option<&[u8]>) -> Result<Vec<(Bytes, Bytes)>> {
+    /// Up to [`SCAN_BATCH`] records of a redb table, in key order, with keys
+    /// from `from` on that start with `prefix`; fewer only when no more
+    /// match. Each batch has its own read transaction, so a long scan does
+    /// not hold one open (which would keep every page it sees from reuse).
+    fn record_batch(&self, table: Table, from: Bound<&[u8]>, prefix: &[u8]) -> Result<Vec<(Bytes, Bytes)>> {
         let txn = self.db.begin_read().map_err(Error::storage)?;
         let t = match txn.open_table(definition(table)) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(Error::storage(e)),
         };
-        let range = match after {
-            Some(after) => t.range::<&[u8]>((Bound::Excluded(after), Bound::Unbounded)),
-            None => t.range::<&[u8]>(..),
+        let mut batch = Vec::new();
+        for r in t.range::<&[u8]>((from, Bound::Unbounded)).map_err(Error::storage)? {
+            let (k, v) = r.map_err(Error::storage)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            batch.push((Bytes::copy_from_slice(k.value()), Bytes::copy_from_slice(v.value())));
+            if batch.len() == SCAN_BATCH {
+                break;
+            }
         }
-        .map_err(Error::storage)?;
-        range
-            .take(SCAN_BATCH)
-            .map(|r| {
-                let (k, v) = r.map_err(Error::storage)?;
-                Ok((Bytes::copy_from_slice(k.value()), Bytes::copy_from_slice(v.value())))
-            })
-            .collect()
+        Ok(batch)
     }
 
     /// Up to [`SCAN_BATCH`] chunk files with digests after `after`, in
@@ -389,14 +420,24 @@ fn writer_loop(db: &redb::Database, sync_dir: &File, dirty: &AtomicBool, rx: mps
                 Err(_) => break,
             }
         }
-        let result = commit_group(db, sync_dir, dirty, &group);
-        for op in group {
-            let _ = op.done.send(result.as_ref().map(|_| ()).map_err(|e| Error::Storage(e.clone())));
+        match commit_group(db, sync_dir, dirty, &group) {
+            Ok(outcomes) => group.into_iter().zip(outcomes).for_each(|(op, outcome)| op.answer(Ok(outcome))),
+            Err(e) => group.into_iter().for_each(|op| op.answer(Err(e.clone()))),
         }
     }
 }
 
-fn commit_group(db: &redb::Database, sync_dir: &File, dirty: &AtomicBool, group: &[WriteOp]) -> Result<(), String> {
+/// Applies a group of requests in one transaction, in order (a swap sees the
+/// writes of the requests before it), and returns each one's outcome (`Ok`
+/// for a put). Outcomes hold only once this returns `Ok`: the transaction is
+/// then committed, or had nothing to write (every value it read was already
+/// committed, hence durable, so nothing waits for another commit).
+fn commit_group(
+    db: &redb::Database,
+    sync_dir: &File,
+    dirty: &AtomicBool,
+    group: &[WriteOp],
+) -> Result<Vec<Swapped>, String> {
     if dirty.swap(false, Ordering::AcqRel) {
         // SAFETY: plain syscall on an fd we own.
         if unsafe { libc::syncfs(sync_dir.as_raw_fd()) } != 0 {
@@ -405,15 +446,49 @@ fn commit_group(db: &redb::Database, sync_dir: &File, dirty: &AtomicBool, group:
         }
     }
     let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let mut changed = false;
+    let mut outcomes = Vec::with_capacity(group.len());
     for op in group {
-        let mut table = txn.open_table(definition(op.table)).map_err(|e| e.to_string())?;
-        for (k, v) in &op.records {
-            if table.get(k.as_ref()).map_err(|e| e.to_string())?.is_none() {
-                table.insert(k.as_ref(), v.as_ref()).map_err(|e| e.to_string())?;
+        match op {
+            WriteOp::Put { table, records, .. } => {
+                let mut table = txn.open_table(definition(*table)).map_err(|e| e.to_string())?;
+                for (k, v) in records {
+                    if table.get(k.as_ref()).map_err(|e| e.to_string())?.is_none() {
+                        table.insert(k.as_ref(), v.as_ref()).map_err(|e| e.to_string())?;
+                        changed = true;
+                    }
+                }
+                outcomes.push(Ok(()));
+            }
+            WriteOp::Swap { table, key, current, new, .. } => {
+                let mut table = txn.open_table(definition(*table)).map_err(|e| e.to_string())?;
+                let actual =
+                    table.get(key.as_ref()).map_err(|e| e.to_string())?.map(|v| Bytes::copy_from_slice(v.value()));
+                if actual != *current {
+                    outcomes.push(Err(actual));
+                    continue;
+                }
+                match new {
+                    Some(v) if Some(v) != actual.as_ref() => {
+                        table.insert(key.as_ref(), v.as_ref()).map_err(|e| e.to_string())?;
+                        changed = true;
+                    }
+                    None if actual.is_some() => {
+                        table.remove(key.as_ref()).map_err(|e| e.to_string())?;
+                        changed = true;
+                    }
+                    _ => {}
+                }
+                outcomes.push(Ok(()));
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    if changed {
+        txn.commit().map_err(|e| e.to_string())?;
+    } else {
+        txn.abort().map_err(|e| e.to_string())?;
+    }
+    Ok(outcomes)
 }
 
 #[async_trait]
@@ -462,39 +537,92 @@ impl KvStore for EmbeddedStore {
             return wait.await.map_err(|_| Error::Storage("chunk writer stopped".into()))?.map_err(Error::from);
         }
         let (done, wait) = oneshot::channel();
+        self.submit(WriteOp::Put { table, records, done }).await?;
+        wait.await.map_err(|_| writer_stopped())?
+    }
+
+    fn scan(&self, table: Table) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
+        self.scan_batches(table, Bytes::new())
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: Bytes) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
+        if table == Table::CHUNKS {
+            let refused = Error::InvalidRequest("chunks cannot be scanned by prefix (they are files)".into());
+            return futures::stream::once(async move { Err(refused) }).boxed();
+        }
+        self.scan_batches(table, prefix)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: Bytes,
+        current: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<Swapped> {
+        if table == Table::CHUNKS {
+            return Err(Error::InvalidRequest("chunks are immutable: no compare-and-swap".into()));
+        }
+        let (done, wait) = oneshot::channel();
+        self.submit(WriteOp::Swap { table, key, current, new, done }).await?;
+        wait.await.map_err(|_| writer_stopped())?
+    }
+}
+
+fn writer_stopped() -> Error {
+    Error::Storage("writer thread stopped".into())
+}
+
+impl EmbeddedStore {
+    /// Queues a request for the writer thread.
+    async fn submit(&self, op: WriteOp) -> Result<()> {
         let tx = self.inner.writer.lock().expect("poisoned").as_ref().map(|(tx, _)| tx.clone());
         let tx = tx.ok_or_else(|| Error::Storage("store is closed".into()))?;
-        let stopped = || Error::Storage("writer thread stopped".into());
-        match tx.try_send(WriteOp { table, records, done }) {
-            Ok(()) => {}
+        match tx.try_send(op) {
+            Ok(()) => Ok(()),
             // The queue is bounded: wait for room off the async workers.
             Err(mpsc::TrySendError::Full(op)) => tokio::task::spawn_blocking(move || tx.send(op))
                 .await
                 .map_err(Error::storage)?
-                .map_err(|_| stopped())?,
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+                .map_err(|_| writer_stopped()),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(writer_stopped()),
         }
-        wait.await.map_err(|_| stopped())?
     }
 
-    fn scan(&self, table: Table) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
+    /// The records of `table` whose keys start with `prefix` (all of them
+    /// for an empty one), read in batches of [`SCAN_BATCH`], each in its own
+    /// read transaction off the async workers; in key order, except chunks
+    /// (digest order). A batch starts after the last key of the one before,
+    /// so no record appears twice.
+    fn scan_batches(&self, table: Table, prefix: Bytes) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
         let inner = self.inner.clone();
         crate::dirsvc::async_stream(move |tx| async move {
             let mut after: Option<Bytes> = None;
             loop {
-                let (inner2, from) = (inner.clone(), after.clone());
+                let (inner2, from, prefix) = (inner.clone(), after.clone(), prefix.clone());
                 let batch = if table == Table::CHUNKS {
                     tokio::task::spawn_blocking(move || inner2.chunk_batch(from.as_deref())).await
                 } else {
-                    tokio::task::spawn_blocking(move || inner2.record_batch(table, from.as_deref())).await
+                    tokio::task::spawn_blocking(move || {
+                        let from = match &from {
+                            Some(after) => Bound::Excluded(after.as_ref()),
+                            None => Bound::Included(prefix.as_ref()),
+                        };
+                        inner2.record_batch(table, from, &prefix)
+                    })
+                    .await
                 }
                 .map_err(Error::storage)??;
+                let complete = batch.len() < SCAN_BATCH;
                 let Some((last, _)) = batch.last() else { return Ok(()) };
                 after = Some(last.clone());
                 for record in batch {
                     if tx.send(Ok(record)).await.is_err() {
                         return Ok(());
                     }
+                }
+                if complete {
+                    return Ok(());
                 }
             }
         })

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: records in process memory (`memory:`), for tests and
 //! short-lived tools.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
 
@@ -12,7 +12,7 @@ use futures::{StreamExt, stream::BoxStream};
 use super::{KvStore, Table};
 use crate::Result;
 
-type Map = HashMap<Bytes, Bytes>;
+type Map = BTreeMap<Bytes, Bytes>;
 
 /// An in-memory engine; clones share the same records.
 #[derive(Clone, Default)]
@@ -55,5 +55,46 @@ impl KvStore for MemoryStore {
             .read(table, |m| m.map(|m| m.iter().map(|(k, v)| Ok((k.clone(), v.clone()))).collect()))
             .unwrap_or_default();
         futures::stream::iter(records).boxed()
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: Bytes) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
+        if table == Table::CHUNKS {
+            let refusal = crate::Error::InvalidRequest("chunks are not scanned by prefix".into());
+            return futures::stream::iter([Err(refusal)]).boxed();
+        }
+        let records: Vec<_> = self
+            .read(table, |m| {
+                m.map(|m| {
+                    m.range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .map(|(k, v)| Ok((k.clone(), v.clone())))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        futures::stream::iter(records).boxed()
+    }
+
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: Bytes,
+        current: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<Result<(), Option<Bytes>>> {
+        if table == Table::CHUNKS {
+            return Err(crate::Error::InvalidRequest("chunks are immutable: no compare-and-swap on them".into()));
+        }
+        let mut tables = self.tables.write().expect("poisoned");
+        let map = tables.entry(table.name()).or_default();
+        let actual = map.get(&key);
+        if actual != current.as_ref() {
+            return Ok(Err(actual.cloned()));
+        }
+        match new {
+            Some(v) => map.insert(key, v),
+            None => map.remove(&key),
+        };
+        Ok(Ok(()))
     }
 }
