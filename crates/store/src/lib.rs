@@ -6,6 +6,7 @@
 //! tvix/snix `store.v1` gRPC protocol. narinfo text and ed25519 signatures
 //! are here too, so the binary cache and registry crates only wire them.
 pub mod ca;
+pub mod closure_info;
 pub mod hash;
 pub mod import;
 pub mod nar;

@@ -1,5 +1,12 @@
 //! Store paths: `<store dir>/<nix32 digest>-<name>`.
+//!
+//! Also how Nix computes a store path from content ([`make_store_path`],
+//! [`make_source_path`]): the fingerprint
+//! `<type>:sha256:<hex of inner hash>:<store dir>:<name>` is hashed with
+//! SHA-256 and XOR-folded to 20 bytes ([`compress_hash`]).
 use std::fmt;
+
+use sha2::{Digest, Sha256};
 
 use crate::nix32;
 
@@ -128,6 +135,62 @@ impl std::str::FromStr for StorePath {
     }
 }
 
+/// Nix's `compressHash`: folds `hash` into 20 bytes by XOR-ing byte `i`
+/// into byte `i % 20` (what `nix-hash --truncate` prints).
+pub fn compress_hash(hash: &[u8]) -> [u8; DIGEST_LEN] {
+    let mut out = [0u8; DIGEST_LEN];
+    for (i, b) in hash.iter().enumerate() {
+        out[i % DIGEST_LEN] ^= b;
+    }
+    out
+}
+
+/// Nix's `makeStorePath`: the store path whose digest is the compressed
+/// SHA-256 of `<kind>:sha256:<hex of inner_hash>:<store_dir>:<name>`.
+///
+/// `kind` is the whole type string, references included (`source`,
+/// `source:/nix/store/…-a:/nix/store/…-b`, `text:…`, `output:out`).
+/// Fails only when `name` is not a valid store path name.
+pub fn make_store_path(
+    kind: &str,
+    inner_hash: &[u8; 32],
+    name: &str,
+    store_dir: &str,
+) -> Result<StorePath, StorePathError> {
+    validate_name(name).map_err(|reason| StorePathError::Name { path: name.to_owned(), reason })?;
+    let hex = data_encoding::HEXLOWER.encode(inner_hash);
+    let fingerprint = format!("{kind}:sha256:{hex}:{store_dir}:{name}");
+    let digest = compress_hash(&Sha256::digest(fingerprint.as_bytes()));
+    Ok(StorePath { digest, name: name.to_owned() })
+}
+
+/// The store path Nix gives contents added recursively with SHA-256
+/// (`nix-store --add`, `builtins.path`, `nix store make-content-addressed`,
+/// content-addressed derivation outputs): `makeFixedOutputPath` with method
+/// recursive and sha256, which is [`make_store_path`] with the type
+/// `source` followed by `:<full path>` for each reference, in sorted order
+/// (duplicates count once). The content address is
+/// `fixed:r:sha256:<nix32 of nar_sha256>`.
+///
+/// Self-references are not expressible here (Nix would append `:self` and
+/// hash the NAR modulo the path's own hash part): pass only other paths.
+pub fn make_source_path(
+    name: &str,
+    nar_sha256: &[u8; 32],
+    references: &[StorePath],
+    store_dir: &str,
+) -> Result<StorePath, StorePathError> {
+    let mut refs: Vec<String> = references.iter().map(|r| r.to_absolute(store_dir)).collect();
+    refs.sort_unstable();
+    refs.dedup();
+    let mut kind = String::from("source");
+    for r in &refs {
+        kind.push(':');
+        kind.push_str(r);
+    }
+    make_store_path(&kind, nar_sha256, name, store_dir)
+}
+
 /// Checks a store path name: 1..=211 bytes of `[A-Za-z0-9+-._?=]`, not
 /// starting with a dot.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
@@ -200,5 +263,53 @@ mod tests {
         for bad in ["", "/", "nix/store", "/nix/store/", "/nix/../store"] {
             assert!(validate_store_dir(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn sha256_of(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    fn from_hex<const N: usize>(s: &str) -> [u8; N] {
+        data_encoding::HEXLOWER.decode(s.as_bytes()).unwrap().try_into().unwrap()
+    }
+
+    #[test]
+    fn compress_hash_as_nix_hash_truncate() {
+        // `nix-hash --flat --type sha256 --truncate` (nix 2.8) of a file
+        // holding `hello world`, and of an empty file.
+        let h = compress_hash(&sha256_of(b"hello world"));
+        assert_eq!(h, from_hex::<20>("c31ea75703c5c9a447c19f3eda7dabfac484efe3"));
+        assert_eq!(nix32::encode(&h), "wgpq9i7smdyxlglzq53s9jf50dbsf7n3");
+        assert_eq!(compress_hash(&sha256_of(b"")), from_hex::<20>("872b570e3c69850fe2a94c9d996fb92427ae41e4"));
+        assert_eq!(compress_hash(&[1; 20]), [1; 20]);
+        assert_eq!(compress_hash(&[]), [0; 20]);
+    }
+
+    /// A directory `closure-info` holding one file `store-paths` that lists
+    /// two paths (NarHash `sha256:17gvbzfv…`, 384 bytes), as nix 2.8 stored
+    /// it: by `nix-store --add` (no references), and by
+    /// `nix store make-content-addressed` of a derivation output with the
+    /// same contents whose references are the two listed paths.
+    #[test]
+    fn source_paths_as_nix_computes_them() {
+        let nar_sha256 = from_hex::<32>("960c74a973de841cf42b86a6ca753e883d0a3eca57b6a88d880918b1dd5ffb9d");
+        assert_eq!(nix32::encode(&nar_sha256), "17gvbzfv2609i26sidjpr8z0lgc87rswm9l65gs1r16yfflp834n");
+        let plain = make_source_path("closure-info", &nar_sha256, &[], DEFAULT_STORE_DIR).unwrap();
+        assert_eq!(plain.to_string(), "3lvz3ymzd3gviy1j25lkzlll7wf4y143-closure-info");
+        let a: StorePath = "d8mj2hp5b2mghbqpjc9anjj387i8451n-a".parse().unwrap();
+        let b: StorePath = "qqp3ww8fpi17bp11zbg2p5cq7qyg18n7-b".parse().unwrap();
+        let with_refs = make_source_path("closure-info", &nar_sha256, &[b.clone(), a.clone()], DEFAULT_STORE_DIR);
+        assert_eq!(with_refs.unwrap().to_string(), "pf2h49l89m39547gpfsrnmf641agxh0g-closure-info");
+        // Order and duplicates do not matter; the store dir does.
+        let again =
+            make_source_path("closure-info", &nar_sha256, &[a.clone(), b.clone(), a.clone()], DEFAULT_STORE_DIR);
+        assert_eq!(again.unwrap().to_string(), "pf2h49l89m39547gpfsrnmf641agxh0g-closure-info");
+        let elsewhere = make_source_path("closure-info", &nar_sha256, &[a, b], "/gnu/store").unwrap();
+        assert_ne!(elsewhere.to_string(), "pf2h49l89m39547gpfsrnmf641agxh0g-closure-info");
+        // The generic form with the type spelled out.
+        let kind = "source:/nix/store/d8mj2hp5b2mghbqpjc9anjj387i8451n-a:/nix/store/qqp3ww8fpi17bp11zbg2p5cq7qyg18n7-b";
+        let generic = make_store_path(kind, &nar_sha256, "closure-info", DEFAULT_STORE_DIR).unwrap();
+        assert_eq!(generic.to_string(), "pf2h49l89m39547gpfsrnmf641agxh0g-closure-info");
+        assert!(make_source_path(".bad", &nar_sha256, &[], DEFAULT_STORE_DIR).is_err());
     }
 }
