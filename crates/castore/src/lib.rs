@@ -11,6 +11,8 @@
 //!   services are written once on top of it (memory, embedded on-disk, …).
 //! - [`grpc`] holds the server and the client backends for both package names.
 //! - [`fs`] ingests a directory tree and exports an entry back to disk.
+//! - [`render`] streams formats laid out from literal bytes and blobs (NARs,
+//!   tar layers), with seeks and ranges.
 pub mod blob;
 pub mod digest;
 pub mod directory;
@@ -20,6 +22,7 @@ pub mod fs;
 pub mod grpc;
 pub mod kv;
 pub mod proto;
+pub mod render;
 mod url;
 
 pub use blob::{BlobReader, BlobService, ChunkMeta};

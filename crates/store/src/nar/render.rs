@@ -2,111 +2,48 @@
 //! and [`calculate`] (NarSize and NarHash without keeping the NAR).
 //!
 //! [`NarReader::open`] fetches the directory closure once and lays the whole
-//! NAR out: every token is written into one buffer (`meta`), and the NAR is
-//! a sorted list of segments, each either a run of that buffer or a file's
-//! contents (a blob of known size). The NAR's length is known before a byte
-//! is read, and any offset is found by binary search over the segments, so
-//! a range is served without rendering what comes before it.
-//!
-//! Reading walks the segments from the current position. Blobs are fetched
-//! ahead by tasks, each sending into a small bounded queue: a large blob
-//! streamed by a task of its own, small blobs (and the tokens between them)
-//! in spans of up to a MiB, read [`SPAN_PARALLEL`] at a time by one task.
-//! Fetches are started while the bytes they may hold stay within
-//! [`READ_AHEAD`], so a remote blob service is asked for many blobs at once
-//! instead of one round trip after another, and [`NarReader::set_end`] keeps
-//! a short range from reading ahead at all. Every blob must yield exactly
-//! the size its directory entry records: a short or long blob is an error,
-//! never a silently different NAR.
+//! NAR out as a [`castore::render::Layout`]: every token goes into one
+//! buffer of literal bytes, and each file's contents are a blob segment.
+//! The NAR's length is known before a byte is read, and any offset is found
+//! by binary search over the segments, so a range is served without
+//! rendering what comes before it. Reading is
+//! [`castore::render::LayoutReader`]'s: upcoming blobs are fetched
+//! concurrently within a bounded read-ahead, [`NarReader::set_end`] keeps a
+//! short range from reading ahead at all, and every blob must yield exactly
+//! the size its directory entry records (a short or long blob is an error,
+//! never a silently different NAR).
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     io,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
-use castore::{B3Digest, BlobService, Directory, DirectoryService, Error, Node};
-use futures::{Stream, StreamExt, TryStreamExt};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, ReadBuf},
-    sync::mpsc,
-    task::JoinHandle,
+use bytes::Bytes;
+use castore::{
+    B3Digest, BlobService, Directory, DirectoryService, Error, Node,
+    render::{Layout, LayoutBuilder, LayoutReader, TooLarge, castore_error},
 };
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 use super::{sha::ShaPipe, wire};
 
-/// Bytes of upcoming blobs fetched ahead of the reader (beyond the first).
-const READ_AHEAD: u64 = 8 << 20;
-/// Most parts queued ahead (bounds the tasks).
-const MAX_PARTS: usize = 64;
-/// Blobs up to this size are read whole, many to a task (a span).
-const SMALL_BLOB: u64 = 64 << 10;
-/// Most bytes of small blobs in one span.
-const SPAN_BYTES: u64 = 1 << 20;
-/// Most segments in one span.
-const SPAN_SEGS: usize = 256;
-/// Small blobs of one span read at once.
-const SPAN_PARALLEL: usize = 16;
-/// Bytes a large blob's fetch reads at a time.
-const PIECE: u64 = 256 << 10;
-/// Pieces a fetch holds ready beyond the one being read.
-const FETCH_QUEUE: usize = 4;
-/// Bytes one large blob's fetch can hold: its queue and the piece being read.
-const PER_BLOB: u64 = (FETCH_QUEUE as u64 + 1) * PIECE;
-
-/// Where a segment's bytes come from.
-#[derive(Clone, Copy, Debug)]
-enum Src {
-    /// Tokens, from this offset of [`Layout::meta`].
-    Meta(usize),
-    /// A file's contents: the whole blob.
-    Blob(B3Digest),
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    /// Offset in the NAR.
-    start: u64,
-    len: u64,
-    src: Src,
-}
-
-/// A NAR's exact layout.
-#[derive(Debug)]
-struct Layout {
-    meta: Bytes,
-    segs: Vec<Seg>,
-    size: u64,
-}
-
-fn too_large() -> Error {
+fn too_large(_: TooLarge) -> Error {
     Error::InvalidRequest("the NAR of this node would be larger than 2^64 bytes".into())
 }
 
+/// Lays a NAR out: tokens as literal bytes, file contents as blobs.
 #[derive(Default)]
-struct Builder {
-    meta: Vec<u8>,
-    segs: Vec<Seg>,
-    /// NAR offset of the end of everything laid out so far.
-    pos: u64,
-    /// Start of the token run not yet made a segment: NAR offset, meta offset.
-    run: Option<(u64, usize)>,
-}
+struct Builder(LayoutBuilder);
 
 impl Builder {
     fn token(&mut self, s: &[u8]) -> Result<(), Error> {
-        self.run.get_or_insert((self.pos, self.meta.len()));
-        wire::put_str(&mut self.meta, s);
-        self.pos = self.pos.checked_add(wire::token_len(s.len() as u64)).ok_or_else(too_large)?;
+        let before = self.0.len();
+        self.0.write_with(|meta| wire::put_str(meta, s)).map_err(too_large)?;
+        debug_assert_eq!(self.0.len() - before, wire::token_len(s.len() as u64));
         Ok(())
-    }
-
-    fn end_run(&mut self) {
-        if let Some((start, at)) = self.run.take() {
-            self.segs.push(Seg { start, len: self.pos - start, src: Src::Meta(at) });
-        }
     }
 
     /// A regular file's node: tokens, contents, padding, closing token.
@@ -119,21 +56,10 @@ impl Builder {
             self.token(b"")?;
         }
         self.token(wire::CONTENTS)?;
-        // The length field: a token whose bytes are the length.
-        self.run.get_or_insert((self.pos, self.meta.len()));
-        self.meta.extend_from_slice(&size.to_le_bytes());
-        self.pos = self.pos.checked_add(8).ok_or_else(too_large)?;
-        if size > 0 {
-            self.end_run();
-            self.segs.push(Seg { start: self.pos, len: size, src: Src::Blob(digest) });
-            self.pos = self.pos.checked_add(size).ok_or_else(too_large)?;
-        }
-        let pad = wire::padding(size);
-        if pad > 0 {
-            self.run.get_or_insert((self.pos, self.meta.len()));
-            self.meta.extend_from_slice(&[0; 8][..pad as usize]);
-            self.pos = self.pos.checked_add(pad).ok_or_else(too_large)?;
-        }
+        // The length field, the contents, their padding.
+        self.0.bytes(&size.to_le_bytes()).map_err(too_large)?;
+        self.0.blob(digest, size).map_err(too_large)?;
+        self.0.zeros(wire::padding(size) as usize).map_err(too_large)?;
         self.token(wire::CLOSE)
     }
 
@@ -198,85 +124,34 @@ impl Builder {
         }
         Ok(())
     }
-
-    fn finish(mut self) -> Layout {
-        self.end_run();
-        Layout { meta: self.meta.into(), segs: self.segs, size: self.pos }
-    }
 }
 
-impl Layout {
-    async fn of(node: &Node, directories: &dyn DirectoryService) -> Result<Self, Error> {
-        let dirs: HashMap<B3Digest, Directory> = match node {
-            Node::Directory { digest, .. } => {
-                directories.get_recursive(digest).map_ok(|d| (d.digest(), d)).try_collect().await?
-            }
-            _ => HashMap::new(),
-        };
-        let mut b = Builder::default();
-        b.token(wire::MAGIC)?;
-        b.node(node, &dirs)?;
-        Ok(b.finish())
-    }
-
-    /// The segment holding `pos` (< size).
-    fn find(&self, pos: u64) -> usize {
-        self.segs.partition_point(|s| s.start <= pos) - 1
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Segments queued for reading.
-enum Part {
-    /// Tokens, at hand.
-    Ready(Bytes),
-    /// Bytes from a fetch task: one large blob, or a span of small blobs
-    /// with the tokens around them.
-    Fetch {
-        rx: mpsc::Receiver<io::Result<Bytes>>,
-        _task: AbortOnDrop,
-        /// Bytes still to come.
-        left: u64,
-        /// Read-ahead budget it holds.
-        cost: u64,
-    },
+/// The NAR of `node`, laid out from its directory closure.
+async fn layout(node: &Node, directories: &dyn DirectoryService) -> Result<Layout, Error> {
+    let dirs: HashMap<B3Digest, Directory> = match node {
+        Node::Directory { digest, .. } => {
+            directories.get_recursive(digest).map_ok(|d| (d.digest(), d)).try_collect().await?
+        }
+        _ => HashMap::new(),
+    };
+    let mut b = Builder::default();
+    b.token(wire::MAGIC)?;
+    b.node(node, &dirs)?;
+    Ok(b.0.finish())
 }
 
 /// A node rendered as a NAR: [`AsyncRead`] + [`AsyncSeek`], and a
 /// [`Stream`] of [`Bytes`] (the same bytes without a copy into a buffer).
 ///
+/// A [`LayoutReader`] over the NAR's layout ([`NarReader::into_inner`]).
 /// Spawns tokio tasks to fetch blobs, so it must be used within a tokio
 /// runtime. Errors are [`io::Error`]s; those of the castore carry the
 /// [`castore::Error`] inside ([`io::Error::get_ref`]).
-pub struct NarReader {
-    layout: Arc<Layout>,
-    blobs: Arc<dyn BlobService>,
-    /// Offset of the first byte of `current`: the next byte handed out.
-    pos: u64,
-    /// Reading stops here (see [`NarReader::set_end`]).
-    end: u64,
-    current: Bytes,
-    /// The next segment to queue, and where in it to start.
-    next_seg: usize,
-    skip: u64,
-    queue: VecDeque<Part>,
-    /// Read-ahead budget held by the queued parts.
-    inflight: u64,
-    /// An error met after some bytes were handed out, for the next read.
-    error: Option<io::Error>,
-}
+pub struct NarReader(LayoutReader);
 
 impl std::fmt::Debug for NarReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NarReader").field("len", &self.layout.size).field("pos", &self.pos).finish_non_exhaustive()
+        f.debug_struct("NarReader").field("len", &self.0.len()).field("pos", &self.0.position()).finish_non_exhaustive()
     }
 }
 
@@ -288,375 +163,68 @@ impl NarReader {
         blobs: Arc<dyn BlobService>,
         directories: Arc<dyn DirectoryService>,
     ) -> Result<Self, Error> {
-        let layout = Arc::new(Layout::of(node, directories.as_ref()).await?);
-        Ok(Self {
-            end: layout.size,
-            layout,
-            blobs,
-            pos: 0,
-            current: Bytes::new(),
-            next_seg: 0,
-            skip: 0,
-            queue: VecDeque::new(),
-            inflight: 0,
-            error: None,
-        })
+        let layout = Arc::new(layout(node, directories.as_ref()).await?);
+        Ok(Self(LayoutReader::new(layout, blobs)))
     }
 
     /// The NAR's length (NarSize).
     pub fn len(&self) -> u64 {
-        self.layout.size
+        self.0.len()
     }
 
     /// Always false: a NAR holds at least its magic and one node.
     pub fn is_empty(&self) -> bool {
-        self.layout.size == 0
+        self.0.is_empty()
     }
 
     /// Offset of the next byte a read returns.
     pub fn position(&self) -> u64 {
-        self.pos
+        self.0.position()
     }
 
     /// Makes reads end (EOF) at offset `end` (at most [`NarReader::len`]),
     /// and fetches nothing past it: for serving a byte range, so that a
     /// short range does not read ahead into the rest of the NAR.
     pub fn set_end(&mut self, end: u64) {
-        let end = end.min(self.layout.size);
-        if end != self.end {
-            self.end = end;
-            self.restart();
-        }
+        self.0.set_end(end)
     }
 
-    /// Drops everything queued and starts again at `pos`.
-    fn restart(&mut self) {
-        self.queue.clear();
-        self.inflight = 0;
-        self.current = Bytes::new();
-        if self.pos < self.end {
-            self.next_seg = self.layout.find(self.pos);
-            self.skip = self.pos - self.layout.segs[self.next_seg].start;
-        } else {
-            self.next_seg = self.layout.segs.len();
-            self.skip = 0;
-        }
+    /// The NAR's layout, shareable with other readers of the same NAR.
+    pub fn layout(&self) -> &Arc<Layout> {
+        self.0.layout()
     }
 
-    /// Queues upcoming segments within the read-ahead bounds: runs of
-    /// tokens as they are, a large blob as a fetch of its own, small blobs
-    /// (and the tokens between them) in spans fetched by one task each.
-    fn admit(&mut self) {
-        let segs = &self.layout.segs;
-        while self.next_seg < segs.len() && segs[self.next_seg].start < self.end && self.queue.len() < MAX_PARTS {
-            let first = self.next_seg;
-            let from = segs[first].start + self.skip;
-            let (mut last, mut blob_bytes, mut large) = (first, 0, false);
-            while last < segs.len() && segs[last].start < self.end && last - first < SPAN_SEGS {
-                let seg = segs[last];
-                if let Src::Blob(_) = seg.src {
-                    let len = (seg.start + seg.len).min(self.end) - seg.start.max(from);
-                    if len > SMALL_BLOB {
-                        if last == first {
-                            (large, blob_bytes, last) = (true, len, last + 1);
-                        }
-                        break;
-                    }
-                    if blob_bytes > 0 && blob_bytes + len > SPAN_BYTES {
-                        break;
-                    }
-                    blob_bytes += len;
-                }
-                last += 1;
-            }
-            let to = (segs[last - 1].start + segs[last - 1].len).min(self.end);
-            let cost = if large { blob_bytes.min(PER_BLOB) } else { blob_bytes };
-            if cost > 0 && self.inflight > 0 && self.inflight + cost > READ_AHEAD {
-                return;
-            }
-            if blob_bytes == 0 {
-                // Tokens only: one run (runs never follow each other).
-                let Src::Meta(at) = segs[first].src else { unreachable!("a blob-free span holds tokens") };
-                let offset = at + (from - segs[first].start) as usize;
-                self.queue.push_back(Part::Ready(self.layout.meta.slice(offset..offset + (to - from) as usize)));
-            } else {
-                let span = Span { layout: self.layout.clone(), first, last, from, to };
-                let (tx, rx) = mpsc::channel(FETCH_QUEUE);
-                let task = tokio::spawn(span.fetch(self.blobs.clone(), tx));
-                self.queue.push_back(Part::Fetch { rx, _task: AbortOnDrop(task), left: to - from, cost });
-                self.inflight += cost;
-            }
-            self.next_seg = last;
-            self.skip = 0;
-        }
+    /// The generic reader underneath.
+    pub fn into_inner(self) -> LayoutReader {
+        self.0
     }
-
-    /// Makes `current` hold the next bytes; `false` at the end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        if let Some(e) = self.error.take() {
-            return Poll::Ready(Err(e));
-        }
-        while self.current.is_empty() {
-            if self.pos >= self.end {
-                return Poll::Ready(Ok(false));
-            }
-            self.admit();
-            let Some(front) = self.queue.front_mut() else {
-                return Poll::Ready(Err(io::Error::other("NAR layout ended before its length")));
-            };
-            match front {
-                Part::Ready(bytes) => {
-                    self.current = std::mem::take(bytes);
-                    self.queue.pop_front();
-                }
-                Part::Fetch { rx, left, cost, .. } => match ready!(rx.poll_recv(cx)) {
-                    Some(Ok(piece)) if piece.len() as u64 <= *left => {
-                        *left -= piece.len() as u64;
-                        self.current = piece;
-                    }
-                    Some(Ok(_)) => {
-                        self.restart();
-                        return Poll::Ready(Err(io::Error::other("blob fetch returned too many bytes")));
-                    }
-                    Some(Err(e)) => {
-                        self.restart();
-                        return Poll::Ready(Err(e));
-                    }
-                    None if *left == 0 => {
-                        self.inflight -= *cost;
-                        self.queue.pop_front();
-                    }
-                    None => {
-                        self.restart();
-                        return Poll::Ready(Err(io::Error::other("blob fetch stopped early")));
-                    }
-                },
-            }
-        }
-        Poll::Ready(Ok(true))
-    }
-}
-
-/// Segments `first..last` of a layout, from NAR offset `from` to `to`.
-struct Span {
-    layout: Arc<Layout>,
-    first: usize,
-    last: usize,
-    from: u64,
-    to: u64,
-}
-
-impl Span {
-    /// Sends the span's bytes, in order, into `tx`; an error ends it.
-    async fn fetch(self, blobs: Arc<dyn BlobService>, tx: mpsc::Sender<io::Result<Bytes>>) {
-        let result = self.send(blobs, &tx).await;
-        if let Err(e) = result {
-            let _ = tx.send(Err(e.into())).await;
-        }
-    }
-
-    async fn send(&self, blobs: Arc<dyn BlobService>, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<(), Error> {
-        let layout = &self.layout;
-        // The part of segment `i` in the span: offset within it, length,
-        // and whether it runs to the segment's end.
-        let part = |i: usize| {
-            let seg = layout.segs[i];
-            let start = seg.start.max(self.from);
-            let end = (seg.start + seg.len).min(self.to);
-            (seg, start - seg.start, end - start, end == seg.start + seg.len)
-        };
-        if self.last - self.first == 1
-            && let (Seg { src: Src::Blob(digest), .. }, offset, len, whole) = part(self.first)
-            && len > SMALL_BLOB
-        {
-            return stream_blob(blobs.as_ref(), digest, offset, len, whole, tx).await;
-        }
-        let mut pieces = futures::stream::iter(self.first..self.last)
-            .map(|i| {
-                let blobs = blobs.clone();
-                async move {
-                    match part(i) {
-                        (Seg { src: Src::Meta(at), .. }, offset, len, _) => {
-                            let at = at + offset as usize;
-                            Ok(layout.meta.slice(at..at + len as usize))
-                        }
-                        (Seg { src: Src::Blob(digest), .. }, offset, len, whole) => {
-                            read_blob(blobs.as_ref(), digest, offset, len, whole).await
-                        }
-                    }
-                }
-            })
-            .buffered(SPAN_PARALLEL);
-        while let Some(piece) = pieces.try_next().await? {
-            if tx.send(Ok(piece)).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn open_blob(blobs: &dyn BlobService, digest: B3Digest, offset: u64) -> Result<castore::BlobReader, Error> {
-    let mut reader = blobs
-        .open_read(&digest)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (a file of the NAR)")))?;
-    if offset > 0 {
-        reader.seek(io::SeekFrom::Start(offset)).await?;
-    }
-    Ok(reader)
-}
-
-/// Fills `piece` to its capacity from `reader`; an early end is an error.
-async fn read_full(
-    reader: &mut castore::BlobReader,
-    piece: &mut BytesMut,
-    digest: B3Digest,
-    at: u64,
-    size: u64,
-) -> Result<(), Error> {
-    while piece.len() < piece.capacity() {
-        if reader.read_buf(piece).await? == 0 {
-            let got = at + piece.len() as u64;
-            return Err(Error::Storage(format!(
-                "blob {digest} ends after {got} bytes, but its directory entry says {size}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that a blob read to its recorded `size` has nothing more.
-async fn check_end(reader: &mut castore::BlobReader, digest: B3Digest, size: u64) -> Result<(), Error> {
-    if reader.read(&mut [0u8; 1]).await? != 0 {
-        return Err(Error::Storage(format!("blob {digest} is longer than the {size} bytes its directory entry says")));
-    }
-    Ok(())
-}
-
-/// `len` bytes of a small blob from `offset`, in one piece; `whole` when
-/// they run to the blob's recorded end, which is then checked.
-async fn read_blob(
-    blobs: &dyn BlobService,
-    digest: B3Digest,
-    offset: u64,
-    len: u64,
-    whole: bool,
-) -> Result<Bytes, Error> {
-    let mut reader = open_blob(blobs, digest, offset).await?;
-    let mut piece = BytesMut::with_capacity(len as usize);
-    read_full(&mut reader, &mut piece, digest, offset, offset + len).await?;
-    if whole {
-        check_end(&mut reader, digest, offset + len).await?;
-    }
-    Ok(piece.freeze())
-}
-
-/// Streams `len` bytes of a large blob from `offset` in pieces of [`PIECE`].
-async fn stream_blob(
-    blobs: &dyn BlobService,
-    digest: B3Digest,
-    offset: u64,
-    len: u64,
-    whole: bool,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<(), Error> {
-    let mut reader = open_blob(blobs, digest, offset).await?;
-    let mut done = 0;
-    while done < len {
-        let mut piece = BytesMut::with_capacity((len - done).min(PIECE) as usize);
-        read_full(&mut reader, &mut piece, digest, offset + done, offset + len).await?;
-        done += piece.len() as u64;
-        if tx.send(Ok(piece.freeze())).await.is_err() {
-            return Ok(());
-        }
-    }
-    if whole {
-        check_end(&mut reader, digest, offset + len).await?;
-    }
-    Ok(())
 }
 
 impl AsyncRead for NarReader {
+    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut copied = false;
-        while buf.remaining() > 0 {
-            if !this.current.is_empty() {
-                let n = this.current.len().min(buf.remaining());
-                buf.put_slice(&this.current[..n]);
-                this.current.advance(n);
-                this.pos += n as u64;
-                copied = true;
-                continue;
-            }
-            match this.poll_fill(cx) {
-                Poll::Ready(Ok(true)) => {}
-                Poll::Ready(Ok(false)) => break,
-                Poll::Ready(Err(e)) if copied => {
-                    this.error = Some(e);
-                    break;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if copied => break,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl AsyncSeek for NarReader {
+    #[inline]
     fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        let this = self.get_mut();
-        let target = match position {
-            io::SeekFrom::Start(n) => Some(n),
-            io::SeekFrom::End(d) => this.layout.size.checked_add_signed(d),
-            io::SeekFrom::Current(d) => this.pos.checked_add_signed(d),
-        };
-        let target = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
-        if target >= this.pos && target - this.pos < this.current.len() as u64 {
-            // Within the bytes at hand.
-            this.current.advance((target - this.pos) as usize);
-            this.pos = target;
-        } else if target != this.pos {
-            this.pos = target;
-            this.error = None;
-            this.restart();
-        }
-        Ok(())
+        Pin::new(&mut self.get_mut().0).start_seek(position)
     }
 
-    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        Poll::Ready(Ok(self.pos))
+    #[inline]
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Pin::new(&mut self.get_mut().0).poll_complete(cx)
     }
 }
 
 impl Stream for NarReader {
     type Item = io::Result<Bytes>;
 
+    #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        match ready!(this.poll_fill(cx)) {
-            Ok(true) => {
-                let piece = std::mem::take(&mut this.current);
-                this.pos += piece.len() as u64;
-                Poll::Ready(Some(Ok(piece)))
-            }
-            Ok(false) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-}
-
-/// A castore error back out of an [`io::Error`] from [`NarReader`].
-fn castore_error(e: io::Error) -> Error {
-    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        return *e.into_inner().expect("checked").downcast::<Error>().expect("checked");
-    }
-    match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound(e.to_string()),
-        _ => Error::Io(e),
+        Pin::new(&mut self.get_mut().0).poll_next(cx)
     }
 }
 
@@ -681,7 +249,8 @@ pub async fn calculate(
 
 #[cfg(test)]
 mod tests {
-    use castore::Name;
+    use castore::{Name, render::Segment};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
     use super::*;
 
@@ -719,22 +288,28 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn segments_tile_the_nar() {
         let (node, _, dirs) = tree().await;
-        let layout = Layout::of(&node, dirs.as_ref()).await.unwrap();
+        let layout = layout(&node, dirs.as_ref()).await.unwrap();
         let mut pos = 0;
         let mut prev_meta = false;
-        for seg in &layout.segs {
-            assert_eq!(seg.start, pos);
-            assert!(seg.len > 0);
-            let is_meta = matches!(seg.src, Src::Meta(_));
+        let mut blob_bytes = 0;
+        for (start, seg) in layout.segments() {
+            assert_eq!(start, pos);
+            let (is_meta, len) = match seg {
+                Segment::Bytes(b) => (true, b.len() as u64),
+                Segment::Blob { size, .. } => {
+                    blob_bytes += size;
+                    (false, size)
+                }
+            };
+            assert!(len > 0);
             // Token runs are merged: two never follow each other.
             assert!(!(is_meta && prev_meta));
             prev_meta = is_meta;
-            pos += seg.len;
+            pos += len;
         }
-        assert_eq!(pos, layout.size);
-        assert_eq!(layout.size % 8, 0);
-        let blob_bytes: u64 = layout.segs.iter().filter(|s| matches!(s.src, Src::Blob(_))).map(|s| s.len).sum();
-        assert_eq!(layout.meta.len() as u64 + blob_bytes, layout.size);
+        assert_eq!(pos, layout.len());
+        assert_eq!(layout.len() % 8, 0);
+        assert_eq!(layout.literal_len() as u64 + blob_bytes, layout.len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,11 +328,12 @@ mod tests {
         }
         assert!(streamed == whole);
 
-        let layout = reader.layout.clone();
-        let size = layout.size;
+        let layout = reader.layout().clone();
+        let size = layout.len();
+        let starts: Vec<u64> = layout.segments().map(|(start, _)| start).collect();
         let mut buf = vec![0u8; 64];
-        for seg in layout.segs.iter().step_by(5).chain(layout.segs.last()) {
-            for start in seg.start.saturating_sub(3)..(seg.start + 4).min(size) {
+        for &seg_start in starts.iter().step_by(5).chain(starts.last()) {
+            for start in seg_start.saturating_sub(3)..(seg_start + 4).min(size) {
                 for len in [1, 2, 8, 9, 33, 64] {
                     let len = len.min((size - start) as usize);
                     reader.seek(io::SeekFrom::Start(start)).await.unwrap();
