@@ -181,6 +181,13 @@ impl BinaryCache {
     pub fn config(&self) -> &CacheConfig {
         &self.config
     }
+
+    /// The PathInfo of `path`, pulled (with its closure) from the upstream
+    /// caches when this store lacks it: what other faces of the server
+    /// (package-named images) use to get paths nobody imported.
+    pub async fn ensure_path(self: &Arc<Self>, path: &store::StorePath) -> Result<Option<store::PathInfo>, CacheError> {
+        narinfo::lookup(self, &path.hash_part()).await
+    }
 }
 
 /// The binary cache's routes. Paths not its own fall through to the

@@ -754,3 +754,67 @@ mod tests {
         assert!(empty.next().await.is_none());
     }
 }
+
+/// A `Range` header asks for no byte of the stream (HTTP 416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the range is outside the {len} bytes")]
+pub struct Unsatisfiable {
+    pub len: u64,
+}
+
+/// Parses an HTTP `Range` header against a stream of `len` bytes into
+/// `[start, end)`, for serving a [`LayoutReader`] (or a blob) in part.
+/// Forms other than one `bytes=` range (several ranges, other units,
+/// nonsense) give `None`: answering with the whole stream is what HTTP
+/// allows for them.
+pub fn parse_range(spec: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if set.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let number = |s: &str| s.trim().parse::<u64>().ok();
+    let range = match (first.trim(), last.trim()) {
+        ("", suffix) => match number(suffix) {
+            Some(0) => return Err(Unsatisfiable { len }),
+            Some(n) => (len.saturating_sub(n), len),
+            None => return Ok(None),
+        },
+        (start, "") => match number(start) {
+            Some(s) => (s, len),
+            None => return Ok(None),
+        },
+        (start, end) => match (number(start), number(end)) {
+            (Some(s), Some(e)) if e >= s => (s, e.saturating_add(1).min(len)),
+            _ => return Ok(None),
+        },
+    };
+    if range.0 >= len {
+        return Err(Unsatisfiable { len });
+    }
+    Ok(Some(range))
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Ok(Some((0, 100))));
+        assert_eq!(parse_range("bytes=500-", 1000), Ok(Some((500, 1000))));
+        assert_eq!(parse_range("bytes=-100", 1000), Ok(Some((900, 1000))));
+        assert_eq!(parse_range("bytes=-5000", 1000), Ok(Some((0, 1000))));
+        assert_eq!(parse_range("bytes=900-5000", 1000), Ok(Some((900, 1000))));
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ok(None));
+        assert_eq!(parse_range("items=0-1", 1000), Ok(None));
+        assert_eq!(parse_range("bytes=9-3", 1000), Ok(None));
+        assert_eq!(parse_range("bytes=1000-", 1000), Err(Unsatisfiable { len: 1000 }));
+        assert_eq!(parse_range("bytes=-0", 1000), Err(Unsatisfiable { len: 1000 }));
+        assert_eq!(parse_range("bytes=0-", 0), Err(Unsatisfiable { len: 0 }));
+    }
+}

@@ -1,5 +1,5 @@
 //! Who may read and write: one tower layer in front of everything the
-//! listener serves (gRPC, the binary cache, later the registry), so no
+//! listener serves (gRPC, the binary cache, the OCI registry), so no
 //! protocol can forget a check.
 //!
 //! A client presents a token as `Authorization: Bearer TOKEN` or as the
@@ -8,7 +8,10 @@
 //! OPTIONS, and gRPC `Put` calls — need a write token unless anonymous
 //! writes are allowed; reads are public unless a read token file is given,
 //! and then need a read or a write token. `/healthz` is always public, so
-//! probes need no secret.
+//! probes need no secret. The registry's version check `GET /v2/` needs a
+//! valid token whenever anything on the server does (registry clients send
+//! credentials only after that challenge); refusals under `/v2/` carry the
+//! OCI error body (`UNAUTHORIZED`).
 use std::{
     fs::OpenOptions,
     io::Write,
@@ -62,12 +65,38 @@ impl Tokens {
     }
 }
 
+/// The token a client sends: the first of `token_file`; else
+/// `$STOREFRONT_TOKEN`; else the first of the default data directory's
+/// write token file when readable (so `serve` and the clients on one
+/// machine need no setup); else none.
+pub fn client_token(token_file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(file) = token_file {
+        let tokens = Tokens::read(file)?;
+        let first = tokens.first().with_context(|| format!("the token file {} holds no token", file.display()))?;
+        return Ok(Some(first.to_owned()));
+    }
+    if let Ok(token) = std::env::var(castore::grpc::TOKEN_ENV)
+        && !token.is_empty()
+    {
+        return Ok(Some(token));
+    }
+    Ok(Tokens::read(&crate::config::default_data_dir().join(DEFAULT_TOKEN_FILE))
+        .ok()
+        .and_then(|t| t.first().map(str::to_owned)))
+}
+
 /// What a request needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Need {
     Nothing,
     Read,
     Write,
+    /// The OCI version check `GET /v2/`, which registry clients send before
+    /// anything else: its 401 challenge is what makes them send
+    /// credentials at all (skopeo and docker send none unless challenged
+    /// there). So it asks for a valid token unless nothing on this server
+    /// needs one, and so also tells `docker login` whether a token is good.
+    Login,
 }
 
 impl Need {
@@ -77,6 +106,8 @@ impl Need {
             Need::Nothing
         } else if crate::serve::is_grpc(req) {
             if path.rsplit('/').next() == Some("Put") { Need::Write } else { Need::Read }
+        } else if (path == "/v2/" || path == "/v2") && matches!(*req.method(), Method::GET | Method::HEAD) {
+            Need::Login
         } else if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
             Need::Read
         } else {
@@ -147,6 +178,11 @@ impl Policy {
             Need::Nothing => true,
             Need::Read => reader,
             Need::Write => writer || (self.anonymous_writes && reader),
+            Need::Login => {
+                let open = self.read.is_none() && (self.anonymous_writes || self.write.is_none());
+                let known = writer || matches!((&self.read, token), (Some(r), Some(t)) if r.contains(t));
+                open || known
+            }
         }
     }
 }
@@ -199,7 +235,11 @@ fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
 /// UNAUTHENTICATED, or HTTP 401 with a Basic challenge (which makes curl,
 /// and so Nix, send netrc credentials).
 fn refusal<B>(req: &Request<B>, need: Need, token_sent: bool) -> Response<Body> {
-    let what = if need == Need::Write { "writing needs a write token" } else { "reading needs a token" };
+    let what = match need {
+        Need::Write => "writing needs a write token",
+        Need::Login => "logging in needs a read or write token",
+        _ => "reading needs a token",
+    };
     let sent = if token_sent { " (the token sent is not one)" } else { "" };
     debug!(method = %req.method(), path = req.uri().path(), "refused: {what}{sent}");
     if crate::serve::is_grpc(req) {
@@ -213,12 +253,29 @@ fn refusal<B>(req: &Request<B>, need: Need, token_sent: bool) -> Response<Body> 
         "{what}{sent}: send it as `Authorization: Bearer TOKEN` or as the password of Basic auth \
          (any user name, e.g. in a netrc file)\n"
     );
+    if is_registry(req.uri().path()) {
+        // The OCI error body; registry clients (docker, skopeo, containerd)
+        // answer the Basic challenge with their configured credentials.
+        let mut response =
+            registry::error::RegistryError::new(registry::error::ErrorCode::Unauthorized, body.trim_end())
+                .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"storefront\"")
+                .into_response();
+        response
+            .headers_mut()
+            .insert(registry::distribution::API_VERSION, http::HeaderValue::from_static("registry/2.0"));
+        return response;
+    }
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"storefront\""), (header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         body,
     )
         .into_response()
+}
+
+/// Whether a path is the OCI registry's (`/v2/…`).
+fn is_registry(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 /// Checks every request against a [`Policy`] before the service sees it.
@@ -289,6 +346,9 @@ mod tests {
             ("GET", "/nix-cache-info", false, Need::Read),
             ("HEAD", "/abc.narinfo", false, Need::Read),
             ("OPTIONS", "/v2/", false, Need::Read),
+            ("GET", "/v2/", false, Need::Login),
+            ("HEAD", "/v2", false, Need::Login),
+            ("GET", "/v2/x/manifests/y", false, Need::Read),
             ("PUT", "/abc.narinfo", false, Need::Write),
             ("POST", "/v2/x/blobs/uploads/", false, Need::Write),
             ("DELETE", "/v2/x/manifests/y", false, Need::Write),
@@ -321,11 +381,20 @@ mod tests {
         assert!(!private.allows(Need::Write, Some(b"r")), "a read token does not write");
         assert!(private.allows(Need::Nothing, None));
 
+        // The registry's login check: a token that is one, else refused.
+        assert!(!secure.allows(Need::Login, None), "a server that needs tokens challenges registry clients");
+        assert!(!secure.allows(Need::Login, Some(b"wrong")), "docker login learns of a bad token");
+        assert!(secure.allows(Need::Login, Some(b"w1")));
+        assert!(!private.allows(Need::Login, None));
+        assert!(private.allows(Need::Login, Some(b"r")) && private.allows(Need::Login, Some(b"w")));
+
         let open = Policy { write: None, anonymous_writes: true, read: None };
+        assert!(open.allows(Need::Login, None) && open.allows(Need::Login, Some(b"junk")));
         assert!(open.allows(Need::Write, None) && open.allows(Need::Write, Some(b"junk")));
         let open_private = Policy { write: None, anonymous_writes: true, read: tokens(&["r"]) };
         assert!(!open_private.allows(Need::Write, None), "with private reads, anonymous writes still need to read");
         assert!(open_private.allows(Need::Write, Some(b"r")));
+        assert!(!open_private.allows(Need::Login, None) && open_private.allows(Need::Login, Some(b"r")));
     }
 
     #[test]

@@ -18,8 +18,6 @@ use store::{
 };
 use tokio::sync::watch;
 
-use crate::auth::{DEFAULT_TOKEN_FILE, Tokens};
-
 /// The default `--store`: a server on this machine, at `serve`'s default address.
 const DEFAULT_STORE: &str = "grpc+http://127.0.0.1:8000";
 
@@ -183,18 +181,10 @@ fn with_token(addr: String, token_file: Option<&Path>) -> anyhow::Result<String>
     if !url.scheme().starts_with("grpc+") {
         return Ok(addr);
     }
-    let has_token = url.password().is_some() || std::env::var(castore::grpc::TOKEN_ENV).is_ok_and(|t| !t.is_empty());
     let token = match token_file {
-        Some(file) => Some(
-            Tokens::read(file)?
-                .first()
-                .map(str::to_owned)
-                .with_context(|| format!("the token file {} holds no token", file.display()))?,
-        ),
-        None if has_token || !url.has_host() => None,
-        None => Tokens::read(&crate::config::default_data_dir().join(DEFAULT_TOKEN_FILE))
-            .ok()
-            .and_then(|t| t.first().map(str::to_owned)),
+        Some(file) => crate::auth::client_token(Some(file))?,
+        None if url.password().is_some() || !url.has_host() => None,
+        None => crate::auth::client_token(None)?,
     };
     let Some(token) = token else {
         return Ok(addr);

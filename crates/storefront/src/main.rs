@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod auth;
 mod config;
+mod image;
 mod import;
 mod metrics;
 mod serve;
@@ -27,6 +28,12 @@ enum Command {
     /// Import store paths with their closures (from the local Nix store, a
     /// `nix-store --export` stream, or a NAR) into a store.
     Import(import::ImportArgs),
+    /// Define and list images made of store paths (served by the registry).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Load the package index that `pkgs/…` image names resolve through.
+    #[command(subcommand)]
+    Packages(image::PackagesCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +46,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args.resolve()?)),
         Command::Import(args) => runtime.block_on(import::run(args)),
+        Command::Image(cmd) => runtime.block_on(image::run_image(cmd)),
+        Command::Packages(cmd) => runtime.block_on(image::run_packages(cmd)),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Requests with `content-type: application/grpc…` go to the gRPC services
 //! (answering both the snix and tvix package names); everything else goes to
-//! the HTTP router: the binary cache, `/healthz` and `/metrics`. Both share
+//! the HTTP router: the binary cache, the OCI registry, `/healthz` and
+//! `/metrics`. Both share
 //! one set of storage services. Around everything sit the metrics layer and
 //! then the auth layer, so every request is counted and checked whatever
 //! protocol it speaks. Every accepted socket gets TCP_NODELAY. SIGTERM or
@@ -31,6 +32,8 @@ struct Services {
     blobs: Arc<dyn BlobService>,
     directories: Arc<dyn DirectoryService>,
     paths: Arc<dyn PathInfoService>,
+    /// The binary cache's and the registry's own records.
+    meta: Arc<dyn KvStore>,
 }
 
 impl Services {
@@ -45,7 +48,10 @@ impl Services {
                 .with_context(|| {
                     format!("opening PathInfo service {}", castore::grpc::redacted(&cfg.path_info_service_addr))
                 })?;
-        Ok(Services { blobs, directories, paths })
+        let url = castore::parse_service_address(&cfg.metadata_addr)?;
+        let meta: Arc<dyn KvStore> = castore::kv::open_url(&url)?
+            .with_context(|| format!("metadata address {}: must be memory: or redb:PATH", cfg.metadata_addr))?;
+        Ok(Services { blobs, directories, paths, meta })
     }
 }
 
@@ -59,7 +65,7 @@ async fn grpc_router(services: &Services) -> anyhow::Result<Router> {
             .register_encoded_file_descriptor_set(store::proto::TVIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let Services { blobs, directories, paths } = services;
+    let Services { blobs, directories, paths, .. } = services;
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(store::pathinfo::path_info_service_server(paths.clone(), blobs.clone(), directories.clone()))
@@ -77,12 +83,10 @@ async fn grpc_router(services: &Services) -> anyhow::Result<Router> {
 /// The binary cache over the shared services, its own records in the
 /// `metadata_addr` engine.
 fn binary_cache(cfg: &ServeConfig, services: &Services) -> anyhow::Result<Arc<cache::BinaryCache>> {
-    let url = castore::parse_service_address(&cfg.metadata_addr)?;
-    let meta: Arc<dyn KvStore> = castore::kv::open_url(&url)?
-        .with_context(|| format!("metadata address {}: must be memory: or redb:PATH", cfg.metadata_addr))?;
-    let Services { blobs, directories, paths } = services;
-    let cache = cache::BinaryCache::new(cfg.cache.clone(), blobs.clone(), directories.clone(), paths.clone(), meta)
-        .context("setting up the binary cache")?;
+    let Services { blobs, directories, paths, meta } = services;
+    let cache =
+        cache::BinaryCache::new(cfg.cache.clone(), blobs.clone(), directories.clone(), paths.clone(), meta.clone())
+            .context("setting up the binary cache")?;
     let c = cache.config();
     match &c.signing_key {
         Some(key) => info!(
@@ -106,6 +110,24 @@ fn binary_cache(cfg: &ServeConfig, services: &Services) -> anyhow::Result<Arc<ca
     Ok(cache)
 }
 
+/// The OCI registry over the shared services.
+fn registry(cfg: &ServeConfig, services: &Services) -> Arc<registry::Registry> {
+    let Services { blobs, directories, paths, meta } = services;
+    let config = registry::RegistryConfig { store_dir: cfg.cache.store_dir.clone() };
+    registry::Registry::new(config, blobs.clone(), directories.clone(), paths.clone(), meta.clone())
+}
+
+/// Package-named images get missing store paths from the binary cache's
+/// upstream caches.
+struct UpstreamFetcher(Arc<cache::BinaryCache>);
+
+#[async_trait::async_trait]
+impl registry::images::PathFetcher for UpstreamFetcher {
+    async fn fetch(&self, path: &store::StorePath) -> Result<bool, String> {
+        self.0.ensure_path(path).await.map(|info| info.is_some()).map_err(|e| e.to_string())
+    }
+}
+
 /// Whether a request is a gRPC call (it goes to the tonic routes).
 pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -117,10 +139,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let services = Services::open(&cfg)?;
     let grpc = PackageRewrite::accept_tvix(grpc_router(&services).await?);
     let metrics = Metrics::new();
+    let cache = binary_cache(&cfg, &services)?;
+    let registry = registry(&cfg, &services);
+    registry.set_path_fetcher(Arc::new(UpstreamFetcher(cache.clone())));
     let http = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics.router())
-        .merge(cache::router(binary_cache(&cfg, &services)?));
+        .merge(cache::router(cache.clone()))
+        .merge(registry::router(registry));
     let dispatch = tower::service_fn(move |req: http::Request<Body>| {
         let grpc = grpc.clone();
         let http = http.clone();
