@@ -49,17 +49,17 @@ pub enum Flavour {
 }
 
 /// A layer as the manifest describes it.
-struct Described {
+pub(super) struct Described {
     media_type: &'static str,
     digest: Digest,
     size: u64,
     /// The uncompressed tar's digest (`rootfs.diff_ids`).
-    diff_id: Digest,
+    pub(super) diff_id: Digest,
     annotations: Option<Value>,
 }
 
 impl Described {
-    fn descriptor(&self) -> Value {
+    pub(super) fn descriptor(&self) -> Value {
         let mut d = json!({ "mediaType": self.media_type, "digest": self.digest.to_string(), "size": self.size });
         if let Some(a) = &self.annotations {
             d["annotations"] = a.clone();
@@ -106,18 +106,12 @@ async fn build(reg: &Registry, spec: &ImageSpec, flavour: Flavour) -> Result<Man
     let store_dir = &reg.config.store_dir;
     let (roots, copy_to_root) = spec.store_paths(store_dir)?;
     let wanted: Vec<StorePath> = roots.iter().chain(&copy_to_root).cloned().collect();
-    let closure = closure(&*reg.paths, &wanted).await.map_err(|e| match e {
-        castore::Error::NotFound(m) => super::invalid_spec(format!("the image's closure is incomplete: {m}")),
-        e => e.into(),
-    })?;
+    let closure = closure_of(reg, &wanted).await?;
     let farm = farm::entries(&copy_to_root, &closure, store_dir, &*reg.directories).await?;
 
     let layers = match flavour {
         Flavour::Ordinary => {
-            let mut layers = Vec::new();
-            for paths in group_paths(&roots, &closure) {
-                layers.push(store_layer(reg, &paths, &closure).await?);
-            }
+            let mut layers = store_layers(reg, &roots, &closure).await?;
             layers.push(small_layer(reg, farm_entries(&farm), false, None).await?);
             layers
         }
@@ -136,6 +130,32 @@ async fn build(reg: &Registry, spec: &ImageSpec, flavour: Flavour) -> Result<Man
     let manifest = Manifest::new(OCI_MANIFEST, serde_json::to_vec(&manifest).expect("JSON serializes").into());
     record::put_manifest(reg, &manifest).await?;
     Ok(manifest)
+}
+
+/// The closure of `roots`; a missing path is the spec's fault (400).
+async fn closure_of(reg: &Registry, roots: &[StorePath]) -> Result<Vec<PathInfo>, RegistryError> {
+    closure(&*reg.paths, roots).await.map_err(|e| match e {
+        castore::Error::NotFound(m) => super::invalid_spec(format!("the image's closure is incomplete: {m}")),
+        e => e.into(),
+    })
+}
+
+/// The layers holding the closure of `roots`, highest rating first.
+pub(super) async fn closure_layers(reg: &Registry, roots: &[StorePath]) -> Result<Vec<Described>, RegistryError> {
+    let closure = closure_of(reg, roots).await?;
+    store_layers(reg, roots, &closure).await
+}
+
+async fn store_layers(
+    reg: &Registry,
+    roots: &[StorePath],
+    closure: &[PathInfo],
+) -> Result<Vec<Described>, RegistryError> {
+    let mut layers = Vec::new();
+    for paths in group_paths(roots, closure) {
+        layers.push(store_layer(reg, &paths, closure).await?);
+    }
+    Ok(layers)
 }
 
 /// The closure grouped Nixery-style, highest rating first.

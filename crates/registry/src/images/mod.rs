@@ -15,6 +15,7 @@ mod api;
 mod build;
 mod farm;
 pub mod packages;
+mod pushed;
 mod record;
 pub mod spec;
 
@@ -48,7 +49,13 @@ impl Registry {
             }
             None => match spec::get(&*self.meta, name, reference).await? {
                 Some(spec) => spec,
-                None => return Ok(None),
+                None => {
+                    let Some(pushed) = pushed::find(self, name, reference).await? else { return Ok(None) };
+                    return match flavour {
+                        Flavour::NixSnapshotter => pushed::serve_as_pushed(self, &pushed).await.map(|()| Some(pushed)),
+                        Flavour::Ordinary => pushed::ordinary(self, &pushed).await.map(Some),
+                    };
+                }
             },
         };
         build::manifest(self, &spec, flavour).await.map(Some)
@@ -99,15 +106,21 @@ impl Registry {
 
     /// Asks the fetcher for every root of `spec` the store lacks.
     async fn fetch_missing(&self, spec: &ImageSpec) -> Result<(), RegistryError> {
-        let Some(fetcher) = self.fetcher.get() else { return Ok(()) };
         let (roots, copy_to_root) = spec.store_paths(&self.config.store_dir)?;
         for path in roots.iter().chain(&copy_to_root) {
-            if self.paths.get(path.digest()).await?.is_none() {
-                fetcher
-                    .fetch(path)
-                    .await
-                    .map_err(|e| RegistryError::internal(format!("fetching {path} from the upstream caches: {e}")))?;
-            }
+            self.fetch_path(path).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the fetcher for `path` (and its closure) when the store lacks it.
+    async fn fetch_path(&self, path: &store::StorePath) -> Result<(), RegistryError> {
+        let Some(fetcher) = self.fetcher.get() else { return Ok(()) };
+        if self.paths.get(path.digest()).await?.is_none() {
+            fetcher
+                .fetch(path)
+                .await
+                .map_err(|e| RegistryError::internal(format!("fetching {path} from the upstream caches: {e}")))?;
         }
         Ok(())
     }

@@ -37,12 +37,16 @@ fn key(kind: u8, id: &[u8; 32]) -> Bytes {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct BlobRecord {
-    #[prost(oneof = "BlobKind", tags = "1, 2")]
+    #[prost(oneof = "BlobKind", tags = "1, 2, 3")]
     kind: Option<BlobKind>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum BlobKind {
+    /// A blob pushed to the registry (in whatever repository), that a
+    /// generated manifest refers to.
+    #[prost(bool, tag = "3")]
+    Pushed(bool),
     /// A castore blob.
     #[prost(message, tag = "1")]
     Stored(StoredRecord),
@@ -162,6 +166,14 @@ pub async fn put_small_blob(reg: &Registry, data: Bytes) -> Result<Digest, Regis
     Ok(digest)
 }
 
+/// Makes a pushed blob servable in every repository, because a generated
+/// manifest (a pushed image's other flavour) refers to it.
+pub async fn put_pushed_blob(reg: &Registry, digest: &Digest) -> Result<(), RegistryError> {
+    let record = BlobRecord { kind: Some(BlobKind::Pushed(true)) };
+    reg.meta.put(GENERATED, vec![(key(b'b', &digest.0), record.encode_to_vec().into())]).await?;
+    Ok(())
+}
+
 /// A generated blob, ready to serve.
 pub async fn blob(reg: &Registry, digest: &Digest) -> Result<Option<Blob>, RegistryError> {
     let Some(bytes) = reg.meta.get(GENERATED, &key(b'b', &digest.0)).await? else {
@@ -187,6 +199,17 @@ pub async fn blob(reg: &Registry, digest: &Digest) -> Result<Option<Blob>, Regis
             }
             let reader = LayoutReader::new(Arc::new(layout), reg.blobs.clone());
             Ok(Some(Blob { size: r.size, reader: Box::new(reader) }))
+        }
+        Some(BlobKind::Pushed(_)) => {
+            let Some(stored) = crate::distribution::records::blob(&*reg.meta, digest).await? else {
+                return Ok(None);
+            };
+            let mut layout = castore::render::LayoutBuilder::new();
+            for part in &stored.parts {
+                layout.blob(part.digest()?, part.size).map_err(|_| corrupt("blob larger than 2^64 bytes"))?;
+            }
+            let reader = LayoutReader::new(Arc::new(layout.finish()), reg.blobs.clone());
+            Ok(Some(Blob { size: stored.size, reader: Box::new(reader) }))
         }
         None => Err(corrupt("no kind")),
     }
