@@ -184,6 +184,11 @@ async fn call(
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     if !status.is_success() {
         let message = value["error"].as_str().map(str::to_owned).unwrap_or_else(|| text.trim().to_owned());
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!(
+                "{url}: {status}: {message}\n(give the server's write token with --token-file FILE or STOREFRONT_TOKEN)"
+            );
+        }
         bail!("{url}: {status}: {message}");
     }
     Ok(value)

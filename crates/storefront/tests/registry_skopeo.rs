@@ -12,10 +12,10 @@ mod common;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
-use common::{Rng, Server, request};
+use common::{Rng, Server, request, skopeo::Skopeo};
 use serde_json::{Value, json};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -29,48 +29,6 @@ fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .and_then(|path| std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()));
     found.unwrap_or_else(|| panic!("`{name}` is not installed: these tests need it (Debian: apt-get install {name})"))
-}
-
-/// skopeo, kept away from the caller's credentials and configuration.
-struct Skopeo {
-    home: tempfile::TempDir,
-}
-
-impl Skopeo {
-    fn new() -> Skopeo {
-        tool("skopeo");
-        Skopeo { home: tempfile::tempdir().unwrap() }
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("skopeo");
-        cmd.args(args)
-            .env("REGISTRY_AUTH_FILE", self.home.path().join("auth.json"))
-            .env("XDG_RUNTIME_DIR", self.home.path())
-            .env("HOME", self.home.path())
-            .stdin(Stdio::null());
-        cmd.output().unwrap_or_else(|e| panic!("running skopeo {args:?}: {e}"))
-    }
-
-    #[track_caller]
-    fn run(&self, args: &[&str]) -> Vec<u8> {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "skopeo {args:?} failed with {}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    /// Runs skopeo expecting a failure; its stderr.
-    #[track_caller]
-    fn fail(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(!out.status.success(), "skopeo {args:?} succeeded, but should have failed");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
 }
 
 /// An OCI image layout written by hand: the tag `v1` names a manifest with

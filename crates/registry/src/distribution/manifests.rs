@@ -116,7 +116,9 @@ pub(crate) async fn get(
             let parsed = read_reference(reference)?;
             match lookup(registry, name, &parsed).await? {
                 Some(m) => m,
-                None if !records::repo_exists(registry.meta.as_ref(), name).await? => {
+                None if !records::repo_exists(registry.meta.as_ref(), name).await?
+                    && registry.generated_tags(name).await?.is_none() =>
+                {
                     return Err(RegistryError::name_unknown(format!("no repository {name}")));
                 }
                 None => return Err(RegistryError::manifest_unknown(format!("no manifest {name}:{reference}"))),

@@ -248,7 +248,13 @@ async fn nix_layer(
     let mount_points: Vec<(StorePath, bool)> =
         sorted.iter().map(|i| (i.store_path.clone(), matches!(i.node, Node::Directory { .. }))).collect();
     let mut entries = farm_entries(farm);
-    entries.push(TarEntry::dir(store_dir.trim_start_matches('/').as_bytes().to_vec()).with_mode(tar::STORE_DIR_MODE));
+    // The store directory and its parents (`nix/`, `nix/store/`), 0755 as
+    // nix-snapshotter makes them.
+    let mut parent = String::new();
+    for part in store_dir.trim_start_matches('/').split('/') {
+        parent = if parent.is_empty() { part.to_owned() } else { format!("{parent}/{part}") };
+        entries.push(TarEntry::dir(parent.as_bytes().to_vec()).with_mode(tar::STORE_DIR_MODE));
+    }
     for (path, is_dir) in mount_points {
         let at = path.to_absolute(store_dir).trim_start_matches('/').as_bytes().to_vec();
         entries.push(match is_dir {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nix;
+pub mod skopeo;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
