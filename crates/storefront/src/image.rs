@@ -56,6 +56,10 @@ pub struct AddArgs {
     /// OCI architecture.
     #[arg(long, default_value = "amd64")]
     arch: String,
+    /// Compress the layered image's store-path layers (kept in castore once
+    /// made); default: uncompressed, rendered on each pull, nothing stored.
+    #[arg(long, value_parser = ["gzip", "zstd"])]
+    layer_compression: Option<String>,
     /// The store directory the paths are in.
     #[arg(long, env = "NIX_STORE_DIR", default_value = store::DEFAULT_STORE_DIR)]
     store_dir: String,
@@ -121,6 +125,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         "workdir": args.workdir,
         "user": args.user,
         "arch": args.arch,
+        "layer_compression": args.layer_compression,
     });
     let spec = strip_nulls(spec);
     let (name, tag) = registry::images::split_reference(&args.reference);

@@ -31,6 +31,7 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// Annotations of a nix-snapshotter layer.
 pub const NIX_LAYER: &str = "containerd.io/snapshot/nix-layer";
 pub const NIX_STORE_PATH: &str = "containerd.io/snapshot/nix-store-path";
@@ -111,7 +112,7 @@ async fn build(reg: &Registry, spec: &ImageSpec, flavour: Flavour) -> Result<Man
 
     let layers = match flavour {
         Flavour::Ordinary => {
-            let mut layers = store_layers(reg, &roots, &closure).await?;
+            let mut layers = store_layers(reg, &roots, &closure, spec.layer_compression.as_deref()).await?;
             layers.push(small_layer(reg, farm_entries(&farm), false, None).await?);
             layers
         }
@@ -143,17 +144,22 @@ async fn closure_of(reg: &Registry, roots: &[StorePath]) -> Result<Vec<PathInfo>
 /// The layers holding the closure of `roots`, highest rating first.
 pub(super) async fn closure_layers(reg: &Registry, roots: &[StorePath]) -> Result<Vec<Described>, RegistryError> {
     let closure = closure_of(reg, roots).await?;
-    store_layers(reg, roots, &closure).await
+    store_layers(reg, roots, &closure, None).await
 }
 
 async fn store_layers(
     reg: &Registry,
     roots: &[StorePath],
     closure: &[PathInfo],
+    compression: Option<&str>,
 ) -> Result<Vec<Described>, RegistryError> {
     let mut layers = Vec::new();
     for paths in group_paths(roots, closure) {
-        layers.push(store_layer(reg, &paths, closure).await?);
+        let layer = store_layer(reg, &paths, closure).await?;
+        layers.push(match compression {
+            None => layer,
+            Some(c) => compressed_layer(reg, &paths, closure, layer, c).await?,
+        });
     }
     Ok(layers)
 }
@@ -182,6 +188,44 @@ async fn store_layer(reg: &Registry, paths: &[StorePath], closure: &[PathInfo]) 
         }
     };
     Ok(Described { media_type: OCI_LAYER_TAR, digest, size, diff_id: digest, annotations: None })
+}
+
+/// A store-path layer compressed (`gzip` or `zstd`): computed once, by
+/// streaming the rendered tar through the encoder into castore, and kept
+/// there (the uncompressed layer stays unstored).
+async fn compressed_layer(
+    reg: &Registry,
+    paths: &[StorePath],
+    closure: &[PathInfo],
+    plain: Described,
+    compression: &str,
+) -> Result<Described, RegistryError> {
+    use async_compression::{Level, tokio::bufread};
+    use futures::TryStreamExt;
+    let (media_type, level) = match compression {
+        "gzip" => (OCI_LAYER_GZIP, Level::Default),
+        _ => (OCI_LAYER_ZSTD, Level::Precise(9)),
+    };
+    let recipe = record::LayerRecipe::new(paths, closure);
+    if let Some((digest, size)) = record::compressed_layer(reg, &recipe, compression).await? {
+        return Ok(Described { media_type, digest, size, diff_id: plain.diff_id, annotations: None });
+    }
+    let layout = recipe.layout(reg).await?;
+    let tar = tokio::io::BufReader::with_capacity(256 << 10, LayoutReader::new(Arc::new(layout), reg.blobs.clone()));
+    let encoded: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match compression {
+        "gzip" => Box::new(bufread::GzipEncoder::with_quality(tar, level)),
+        _ => Box::new(bufread::ZstdEncoder::with_quality(tar, level)),
+    };
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let pieces = tokio_util::io::ReaderStream::with_capacity(encoded, 256 << 10).inspect_ok(|piece| {
+        hasher.update(piece);
+        size += piece.len() as u64;
+    });
+    let b3 = reg.blobs.put_stream(Box::pin(pieces), None).await?;
+    let digest = Digest(hasher.finalize().into());
+    record::put_compressed_layer(reg, &recipe, compression, digest, size, b3).await?;
+    Ok(Described { media_type, digest, size, diff_id: plain.diff_id, annotations: None })
 }
 
 /// A layer without file contents (directories, symlinks, empty files),

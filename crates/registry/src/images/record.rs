@@ -7,7 +7,9 @@
 //! - `s` + build key (flavour + spec) → the manifest digest, so a spec is
 //!   built once;
 //! - `r` + recipe key → the layer's digest and size, so a layer is hashed
-//!   once whatever image it appears in.
+//!   once whatever image it appears in;
+//! - `c` + recipe key and compression → a compressed layer's digest and
+//!   size (its bytes are a stored castore blob, under `b`).
 //!
 //! Every record is content-addressed (immutable, first writer wins), so
 //! concurrent builds of one spec write the same bytes.
@@ -150,6 +152,47 @@ pub async fn put_layer(reg: &Registry, recipe: &LayerRecipe, digest: Digest, siz
             vec![
                 (key(b'b', &digest.0), blob.encode_to_vec().into()),
                 (key(b'r', &recipe.key), layer.encode_to_vec().into()),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+fn compressed_key(recipe: &LayerRecipe, compression: &str) -> [u8; 32] {
+    Sha256::new().chain_update(recipe.key).chain_update(compression.as_bytes()).finalize().into()
+}
+
+/// A compressed layer already made: its digest and size.
+pub async fn compressed_layer(
+    reg: &Registry,
+    recipe: &LayerRecipe,
+    compression: &str,
+) -> Result<Option<(Digest, u64)>, RegistryError> {
+    let Some(bytes) = reg.meta.get(GENERATED, &key(b'c', &compressed_key(recipe, compression))).await? else {
+        return Ok(None);
+    };
+    let r = LayerRecord::decode(&bytes[..]).map_err(corrupt)?;
+    let digest: [u8; 32] = r.digest[..].try_into().map_err(|_| corrupt("layer digest length"))?;
+    Ok(Some((Digest(digest), r.size)))
+}
+
+/// Records a compressed layer kept in castore as `b3`.
+pub async fn put_compressed_layer(
+    reg: &Registry,
+    recipe: &LayerRecipe,
+    compression: &str,
+    digest: Digest,
+    size: u64,
+    b3: B3Digest,
+) -> Result<(), RegistryError> {
+    let blob = BlobRecord { kind: Some(BlobKind::Stored(StoredRecord { digest: b3.to_bytes(), size })) };
+    let layer = LayerRecord { digest: Bytes::copy_from_slice(&digest.0), size };
+    reg.meta
+        .put(
+            GENERATED,
+            vec![
+                (key(b'b', &digest.0), blob.encode_to_vec().into()),
+                (key(b'c', &compressed_key(recipe, compression)), layer.encode_to_vec().into()),
             ],
         )
         .await?;

@@ -37,7 +37,16 @@ pub struct ImageSpec {
     /// OCI architecture (`amd64`, `arm64`, …); default `amd64`.
     #[serde(default = "default_arch")]
     pub arch: String,
+    /// Compression of the ordinary flavour's store-path layers: none
+    /// (default: the layers are rendered from castore on each pull, nothing
+    /// is stored), or `gzip`/`zstd` for clients on slow links (each layer is
+    /// compressed once and the result kept in castore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_compression: Option<String>,
 }
+
+/// The layer compressions a spec may ask for.
+pub const LAYER_COMPRESSIONS: [&str; 2] = ["gzip", "zstd"];
 
 fn default_arch() -> String {
     "amd64".to_owned()
@@ -67,6 +76,14 @@ impl ImageSpec {
         self.store_paths(store_dir)?;
         if let Some(bad) = self.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
             return Err(super::invalid_spec(format!("environment entry {bad:?} is not KEY=VALUE")));
+        }
+        if let Some(c) = &self.layer_compression
+            && !LAYER_COMPRESSIONS.contains(&c.as_str())
+        {
+            return Err(super::invalid_spec(format!(
+                "layer compression {c:?} is not one of {}",
+                LAYER_COMPRESSIONS.join(", ")
+            )));
         }
         if !matches!(self.arch.as_str(), "amd64" | "arm64" | "arm" | "386" | "ppc64le" | "s390x" | "riscv64") {
             return Err(super::invalid_spec(format!("unknown architecture {:?}", self.arch)));

@@ -1,6 +1,8 @@
-//! nix-snapshotter images pushed by nix-snapshotter's own tooling
-//! (manifest, config and the mount-point layer only) are pullable in both
-//! flavours once their store paths are in the store.
+//! Generated images in-process: compressed layers, and nix-snapshotter
+//! images pushed by nix-snapshotter's own tooling (manifest, config and the
+//! mount-point layer only), pullable in both flavours once their store paths
+//! are in the store. (The same flows against real clients run in the
+//! storefront binary's tests.)
 use std::sync::Arc;
 
 use axum::{
@@ -159,4 +161,56 @@ async fn a_pushed_nix_snapshotter_image_is_served_in_both_flavours() {
     // Built once: the same bytes again.
     let (_, again) = send(&router, Method::GET, "/v2/demo/app/manifests/v1", None, Bytes::new()).await;
     assert_eq!(again, got);
+}
+
+#[tokio::test]
+async fn compressed_layers_are_made_once_and_decompress_to_their_diff_ids() {
+    use tokio::io::AsyncReadExt;
+    let blobs = castore::blob_service_from_url("memory:").unwrap();
+    let dirs = castore::directory_service_from_url("memory:").unwrap();
+    let paths = store::url::path_info_service_from_url("memory:", blobs.clone(), dirs.clone()).unwrap();
+    let meta = Arc::new(castore::kv::MemoryStore::new());
+    let path = store_path(&blobs, &dirs, &paths).await;
+    let reg = Registry::new(RegistryConfig::default(), blobs, dirs, paths, meta);
+    let router = registry::router(reg.clone());
+    for (compression, media_type) in [
+        ("gzip", "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ] {
+        let spec = registry::images::ImageSpec {
+            paths: vec![path.to_absolute(store::DEFAULT_STORE_DIR)],
+            layer_compression: Some(compression.into()),
+            arch: "amd64".into(),
+            ..Default::default()
+        };
+        let [first, _] = reg.add_image("packed", compression, spec.clone()).await.unwrap();
+        let [again, _] = reg.add_image("packed-again", compression, spec).await.unwrap();
+        assert_eq!(first.digest, again.digest, "{compression}: made once, the same digests");
+
+        let manifest: Value = serde_json::from_slice(&first.bytes).unwrap();
+        let config_uri = format!("/v2/packed/blobs/{}", manifest["config"]["digest"].as_str().unwrap());
+        let (_, config) = send(&router, Method::GET, &config_uri, None, Bytes::new()).await;
+        let config: Value = serde_json::from_slice(&config).unwrap();
+        let store_layer = &manifest["layers"][0];
+        assert_eq!(store_layer["mediaType"], media_type);
+        let d = store_layer["digest"].as_str().unwrap();
+        let (status, packed) = send(&router, Method::GET, &format!("/v2/packed/blobs/{d}"), None, Bytes::new()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(digest(&packed), d);
+        let mut tar = Vec::new();
+        match compression {
+            "gzip" => async_compression::tokio::bufread::GzipDecoder::new(&packed[..]).read_to_end(&mut tar).await,
+            _ => async_compression::tokio::bufread::ZstdDecoder::new(&packed[..]).read_to_end(&mut tar).await,
+        }
+        .unwrap();
+        assert!(tar.len() > packed.len(), "{compression} compressed the layer");
+        assert_eq!(digest(&tar), config["rootfs"]["diff_ids"][0], "{compression}: decompresses to its diff id");
+    }
+    let bad = registry::images::ImageSpec {
+        paths: vec![path.to_absolute(store::DEFAULT_STORE_DIR)],
+        layer_compression: Some("lz4".into()),
+        arch: "amd64".into(),
+        ..Default::default()
+    };
+    assert!(reg.add_image("packed", "bad", bad).await.unwrap_err().to_string().contains("lz4"));
 }
