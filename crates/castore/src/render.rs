@@ -557,7 +557,9 @@ async fn read_blob(
     Ok(piece.freeze())
 }
 
-/// Streams `len` bytes of a large blob from `offset` in pieces of [`PIECE`].
+/// Streams `len` bytes of a large blob from `offset` in pieces of at most
+/// [`PIECE`], cut from the buffers [`BlobService::read_from`] hands out (no
+/// copy for a chunked store).
 async fn stream_blob(
     blobs: &dyn BlobService,
     digest: B3Digest,
@@ -566,18 +568,35 @@ async fn stream_blob(
     whole: bool,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<(), Error> {
-    let mut reader = open_blob(blobs, digest, offset).await?;
+    let mut pieces =
+        blobs.read_from(&digest, offset).await?.ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))?;
+    let longer = || Error::Storage(format!("blob {digest} is longer than its recorded size of {} bytes", offset + len));
     let mut done = 0;
     while done < len {
-        let mut piece = BytesMut::with_capacity((len - done).min(PIECE) as usize);
-        read_full(&mut reader, &mut piece, digest, offset + done, offset + len).await?;
-        done += piece.len() as u64;
-        if tx.send(Ok(piece.freeze())).await.is_err() {
-            return Ok(());
+        let Some(mut piece) = pieces.try_next().await? else {
+            return Err(Error::Storage(format!(
+                "blob {digest} ends after {} bytes, short of its recorded size of {}",
+                offset + done,
+                offset + len
+            )));
+        };
+        while !piece.is_empty() && done < len {
+            let n = piece.len().min(PIECE as usize).min((len - done) as usize);
+            done += n as u64;
+            if tx.send(Ok(piece.split_to(n))).await.is_err() {
+                return Ok(());
+            }
+        }
+        if whole && !piece.is_empty() {
+            return Err(longer());
         }
     }
     if whole {
-        check_end(&mut reader, digest, offset + len).await?;
+        while let Some(piece) = pieces.try_next().await? {
+            if !piece.is_empty() {
+                return Err(longer());
+            }
+        }
     }
     Ok(())
 }

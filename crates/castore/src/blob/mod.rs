@@ -48,6 +48,22 @@ pub trait BlobService: Send + Sync + 'static {
     /// Opens a blob (or a single chunk, by its digest) for reading.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>>;
 
+    /// The blob's bytes from `offset` to its end, as a stream of pieces, for
+    /// readers that pass bytes on rather than parse them (rendering NARs and
+    /// layers). [`ChunkedBlobService`] hands out each stored chunk's own
+    /// buffer, without the copy into a caller's buffer that reading through
+    /// [`BlobService::open_read`] costs; the default does exactly that read.
+    async fn read_from(&self, digest: &B3Digest, offset: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        let Some(mut reader) = self.open_read(digest).await? else { return Ok(None) };
+        if offset > 0 {
+            tokio::io::AsyncSeekExt::seek(&mut reader, std::io::SeekFrom::Start(offset)).await?;
+        }
+        Ok(Some(futures::StreamExt::boxed(futures::TryStreamExt::map_err(
+            tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10),
+            crate::Error::Io,
+        ))))
+    }
+
     /// Stores everything `reader` yields and returns its digest. With
     /// `expected`, a stream whose digest differs is refused
     /// ([`crate::Error::InvalidRequest`]) and the blob does not become visible.
@@ -80,6 +96,9 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
         (**self).open_read(digest).await
+    }
+    async fn read_from(&self, digest: &B3Digest, offset: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        (**self).read_from(digest, offset).await
     }
     async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
         (**self).put(reader, expected).await

@@ -353,6 +353,55 @@ impl Inner {
     }
 }
 
+/// What a chunk read that must not wait for the disk found.
+enum Cached {
+    Hit(Bytes),
+    Absent,
+    /// Not (wholly) in the page cache: read it in the blocking pool.
+    Miss,
+}
+
+/// Reads a chunk file on the calling (runtime) thread when the page cache
+/// holds all of it (`preadv2` with `RWF_NOWAIT` never waits for the disk):
+/// serving a hot chunk then costs no trip to the blocking pool, which under
+/// load was a third of the time spent rendering NARs from the embedded store.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_cached_chunk(path: &Path) -> std::io::Result<Cached> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cached::Absent),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len() as usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let spare = buf.spare_capacity_mut();
+        let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        // SAFETY: `iov` describes the vector's spare capacity, which we own;
+        // the kernel writes at most that much.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, buf.len() as libc::off_t, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => return Ok(Cached::Miss),
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Ok(Cached::Miss); // shorter than it was: let the blocking read decide
+        }
+        // SAFETY: the kernel initialized `n` more bytes.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+    }
+    Ok(Cached::Hit(buf.into()))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_cached_chunk(_: &Path) -> std::io::Result<Cached> {
+    Ok(Cached::Miss)
+}
+
 fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
 }
@@ -496,6 +545,11 @@ impl KvStore for EmbeddedStore {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>> {
         if table == Table::CHUNKS {
             let path = self.inner.chunk_path(key);
+            match read_cached_chunk(&path) {
+                Ok(Cached::Hit(data)) => return Ok(Some(data)),
+                Ok(Cached::Absent) => return Ok(None),
+                Ok(Cached::Miss) | Err(_) => {} // from the disk, in the blocking pool
+            }
             return match tokio::fs::read(path).await {
                 Ok(data) => Ok(Some(data.into())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
