@@ -206,6 +206,12 @@ async fn compressed_layers_are_made_once_and_decompress_to_their_diff_ids() {
         assert!(tar.len() > packed.len(), "{compression} compressed the layer");
         assert_eq!(digest(&tar), config["rootfs"]["diff_ids"][0], "{compression}: decompresses to its diff id");
     }
+    // Defined images are in the catalog, under both flavours' names.
+    let (_, catalog) = send(&router, Method::GET, "/v2/_catalog", None, Bytes::new()).await;
+    let catalog: Value = serde_json::from_slice(&catalog).unwrap();
+    for repo in ["packed", "nix-snapshotter/packed", "packed-again"] {
+        assert!(catalog["repositories"].as_array().unwrap().iter().any(|r| r == repo), "{repo} in {catalog}");
+    }
     let bad = registry::images::ImageSpec {
         paths: vec![path.to_absolute(store::DEFAULT_STORE_DIR)],
         layer_compression: Some("lz4".into()),

@@ -111,7 +111,12 @@ pub(crate) async fn catalog(registry: &Registry, query: &Query) -> Result<Respon
     let page = if n == Some(0) {
         Page { items: Vec::new(), more: false }
     } else {
-        page(records::repos(registry.meta.as_ref()), n, last.as_deref()).await?
+        // Stored repositories and those of defined images (both flavours).
+        let mut repos: Vec<String> = records::repos(registry.meta.as_ref()).try_collect().await?;
+        repos.extend(registry.generated_repositories().await?);
+        repos.sort();
+        repos.dedup();
+        page(futures::stream::iter(repos.into_iter().map(Ok)), n, last.as_deref()).await?
     };
     let body = serde_json::json!({ "repositories": page.items });
     Ok(json_page("/v2/_catalog", page, n, body))

@@ -72,6 +72,12 @@ impl Registry {
         Ok((!tags.is_empty()).then_some(tags))
     }
 
+    /// The repositories of defined images, under both flavours' names.
+    pub(crate) async fn generated_repositories(&self) -> Result<Vec<String>, RegistryError> {
+        let specs = spec::list(&*self.meta).await?;
+        Ok(specs.into_iter().flat_map(|(name, _, _)| [format!("{NIX_SNAPSHOTTER_PREFIX}{name}"), name]).collect())
+    }
+
     /// A blob of a generated image (a rendered layer or a config), or `None`.
     pub(crate) async fn generated_blob(&self, digest: &Digest) -> Result<Option<Blob>, RegistryError> {
         record::blob(self, digest).await
