@@ -264,7 +264,8 @@ pub async fn manifest(reg: &Registry, digest: &Digest) -> Result<Option<Manifest
         return Ok(None);
     };
     let r = ManifestRecord::decode(&bytes[..]).map_err(corrupt)?;
-    Ok(Some(Manifest::new(r.media_type, r.bytes)))
+    // The key is the digest: no need to hash the bytes again on every GET.
+    Ok(Some(Manifest { media_type: r.media_type, bytes: r.bytes, digest: *digest }))
 }
 
 pub async fn put_manifest(reg: &Registry, m: &Manifest) -> Result<(), RegistryError> {
