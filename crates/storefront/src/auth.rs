@@ -11,7 +11,10 @@
 //! probes need no secret. The registry's version check `GET /v2/` needs a
 //! valid token whenever anything on the server does (registry clients send
 //! credentials only after that challenge); refusals under `/v2/` carry the
-//! OCI error body (`UNAUTHORIZED`).
+//! OCI error body (`UNAUTHORIZED`) and a Bearer challenge naming the token
+//! realm `/v2/token`, which hands a client its own token back for valid
+//! Basic credentials and an anonymous token (worth public reads) for none —
+//! the flow docker, skopeo and containerd all follow.
 use std::{
     fs::OpenOptions,
     io::Write,
@@ -97,13 +100,24 @@ enum Need {
     /// there). So it asks for a valid token unless nothing on this server
     /// needs one, and so also tells `docker login` whether a token is good.
     Login,
+    /// `GET /v2/token`, the token realm registry clients are sent to by the
+    /// Bearer challenge (answered here, see [`token_response`]).
+    Token,
 }
+
+/// The registry's token realm, named in its Bearer challenges.
+const TOKEN_PATH: &str = "/v2/token";
+/// What a client that presents no credentials gets from the token realm;
+/// presented back, it counts as no token.
+const ANONYMOUS: &str = "anonymous";
 
 impl Need {
     fn of<B>(req: &Request<B>) -> Need {
         let path = req.uri().path();
         if path == "/healthz" {
             Need::Nothing
+        } else if path == TOKEN_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
+            Need::Token
         } else if crate::serve::is_grpc(req) {
             if path.rsplit('/').next() == Some("Put") { Need::Write } else { Need::Read }
         } else if (path == "/v2/" || path == "/v2") && matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -166,6 +180,11 @@ impl Policy {
         AuthLayer(Arc::new(self))
     }
 
+    /// Whether `token` is any token of this server.
+    fn valid(&self, token: &[u8]) -> bool {
+        self.write.as_ref().is_some_and(|w| w.contains(token)) || self.read.as_ref().is_some_and(|r| r.contains(token))
+    }
+
     fn allows(&self, need: Need, token: Option<&[u8]>) -> bool {
         let writer = matches!((&self.write, token), (Some(w), Some(t)) if w.contains(t));
         let reader = writer
@@ -175,7 +194,7 @@ impl Policy {
                 (Some(_), None) => false,
             };
         match need {
-            Need::Nothing => true,
+            Need::Nothing | Need::Token => true,
             Need::Read => reader,
             Need::Write => writer || (self.anonymous_writes && reader),
             Need::Login => {
@@ -221,7 +240,7 @@ fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
     let (scheme, rest) = value.split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        Some(rest.as_bytes().to_vec())
+        (rest != ANONYMOUS).then(|| rest.as_bytes().to_vec())
     } else if scheme.eq_ignore_ascii_case("basic") {
         let decoded = data_encoding::BASE64.decode(rest.as_bytes()).ok()?;
         let colon = decoded.iter().position(|&b| b == b':')?;
@@ -254,16 +273,10 @@ fn refusal<B>(req: &Request<B>, need: Need, token_sent: bool) -> Response<Body> 
          (any user name, e.g. in a netrc file)\n"
     );
     if is_registry(req.uri().path()) {
-        // The OCI error body; registry clients (docker, skopeo, containerd)
-        // answer the Basic challenge with their configured credentials.
-        let mut response =
-            registry::error::RegistryError::new(registry::error::ErrorCode::Unauthorized, body.trim_end())
-                .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"storefront\"")
-                .into_response();
-        response
-            .headers_mut()
-            .insert(registry::distribution::API_VERSION, http::HeaderValue::from_static("registry/2.0"));
-        return response;
+        // The OCI error body and a Bearer challenge: registry clients
+        // (docker, skopeo, containerd) fetch a token from the realm, with
+        // their configured credentials or anonymously, and present it.
+        return registry_unauthorized(body.trim_end(), &bearer_challenge(req));
     }
     (
         StatusCode::UNAUTHORIZED,
@@ -271,6 +284,49 @@ fn refusal<B>(req: &Request<B>, need: Need, token_sent: bool) -> Response<Body> 
         body,
     )
         .into_response()
+}
+
+/// An OCI `UNAUTHORIZED` answer with `challenge`.
+fn registry_unauthorized(message: &str, challenge: &str) -> Response<Body> {
+    let mut response = registry::error::RegistryError::new(registry::error::ErrorCode::Unauthorized, message)
+        .with_header(header::WWW_AUTHENTICATE, challenge)
+        .into_response();
+    response.headers_mut().insert(registry::distribution::API_VERSION, http::HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+/// `Bearer realm="http://HOST/v2/token",service="storefront"`, the realm
+/// on the host the client reached us by.
+fn bearer_challenge<B>(req: &Request<B>) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    format!("Bearer realm=\"{scheme}://{host}{TOKEN_PATH}\",service=\"storefront\"")
+}
+
+/// The token realm: credentials (Basic, as clients send them there) that
+/// hold a valid token get that token back; none get an anonymous token
+/// (reads, when they are public); wrong ones get 401, so `docker login`
+/// tells a bad token from a good one.
+fn token_response<B>(policy: &Policy, req: &Request<B>) -> Response<Body> {
+    let token = match presented(req.headers()) {
+        None => ANONYMOUS.to_owned(),
+        Some(t) if policy.allows(Need::Login, Some(&t)) || policy.valid(&t) => String::from_utf8_lossy(&t).into_owned(),
+        Some(_) => {
+            debug!("token realm: refused credentials");
+            return registry_unauthorized(
+                "the credentials' password is not a token of this server",
+                "Basic realm=\"storefront\"",
+            );
+        }
+    };
+    let body = serde_json::json!({ "token": token, "access_token": token, "expires_in": 3600 });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// Whether a path is the OCI registry's (`/v2/…`).
@@ -313,6 +369,9 @@ where
         if need == Need::Nothing {
             return Either::Right(self.inner.call(req));
         }
+        if need == Need::Token {
+            return Either::Left(std::future::ready(Ok(token_response(&self.policy, &req))));
+        }
         let token = presented(req.headers());
         if self.policy.allows(need, token.as_deref()) {
             Either::Right(self.inner.call(req))
@@ -347,6 +406,8 @@ mod tests {
             ("HEAD", "/abc.narinfo", false, Need::Read),
             ("OPTIONS", "/v2/", false, Need::Read),
             ("GET", "/v2/", false, Need::Login),
+            ("GET", "/v2/token", false, Need::Token),
+            ("POST", "/v2/token", false, Need::Write),
             ("HEAD", "/v2", false, Need::Login),
             ("GET", "/v2/x/manifests/y", false, Need::Read),
             ("PUT", "/abc.narinfo", false, Need::Write),

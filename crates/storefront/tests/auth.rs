@@ -38,13 +38,21 @@ fn bearer(token: &str) -> Option<String> {
 }
 
 fn basic(user: &str, token: &str) -> Option<String> {
-    Some(format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{token}").as_bytes())))
+    Some(basic_auth(user, token))
 }
 
+/// A 401 with the challenge of its protocol: Basic (what makes curl, so
+/// Nix, send netrc credentials), or for the registry a Bearer token realm.
 #[track_caller]
 fn assert_refused(resp: &Response, needle: &str) {
     assert_eq!(resp.status, 401, "expected 401, got:\n{}", resp.describe());
-    assert_eq!(resp.header("www-authenticate"), Some("Basic realm=\"storefront\""), "{}", resp.describe());
+    let challenge = resp.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge == "Basic realm=\"storefront\""
+            || (challenge.starts_with("Bearer realm=\"http://") && challenge.contains("/v2/token\"")),
+        "{}",
+        resp.describe()
+    );
     assert!(resp.text().contains(needle), "the refusal does not say {needle:?}: {}", resp.text());
 }
 

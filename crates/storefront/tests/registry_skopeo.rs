@@ -313,7 +313,25 @@ fn version_check_challenges_and_read_tokens() {
     let ping = |headers: &[(&str, &str)]| request(server.addr, "GET", "/v2/", headers, b"");
     let refused = ping(&[]);
     assert_eq!(refused.status, 401, "{}", refused.describe());
-    assert_eq!(refused.header("www-authenticate"), Some("Basic realm=\"storefront\""));
+    let realm = format!("http://{}/v2/token", server.addr);
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some(format!("Bearer realm=\"{realm}\",service=\"storefront\"").as_str())
+    );
+    // The token realm: credentials holding a token get it back, none get
+    // an anonymous token (which counts as none), wrong ones get 401.
+    let realm_get =
+        |headers: &[(&str, &str)]| request(server.addr, "GET", "/v2/token?service=storefront", headers, b"");
+    let issued = realm_get(&[("authorization", &common::basic_auth("any", &token))]);
+    assert_eq!(issued.status, 200, "{}", issued.describe());
+    assert_eq!(serde_json::from_slice::<Value>(&issued.body).unwrap()["token"], token.as_str());
+    let anonymous: Value = serde_json::from_slice(&realm_get(&[]).body).unwrap();
+    let anonymous = anonymous["token"].as_str().unwrap().to_owned();
+    assert_eq!(realm_get(&[("authorization", &common::basic_auth("any", "wrong"))]).status, 401);
+    assert_eq!(ping(&[("authorization", &format!("Bearer {anonymous}"))]).status, 401);
+    let read =
+        request(server.addr, "GET", "/v2/x/tags/list", &[("authorization", &format!("Bearer {anonymous}"))], b"");
+    assert_ne!(read.status, 401, "an anonymous token reads what is public");
     assert_eq!(refused.header("content-type"), Some("application/json"));
     assert_eq!(refused.header("docker-distribution-api-version"), Some("registry/2.0"));
     assert_eq!(serde_json::from_slice::<Value>(&refused.body).unwrap()["errors"][0]["code"], "UNAUTHORIZED");

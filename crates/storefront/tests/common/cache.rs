@@ -62,10 +62,8 @@ pub fn put_truncated(
     parse_response(&raw, false).ok()
 }
 
-/// `Authorization: Basic base64(user:password)`.
-pub fn basic_auth(user: &str, password: &str) -> String {
-    format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes()))
-}
+#[allow(unused_imports)]
+pub use crate::common::basic_auth;
 
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")

@@ -553,3 +553,8 @@ pub fn storefront() -> Command {
     cmd.env("NO_COLOR", "1").env("RUST_BACKTRACE", "0").env("STOREFRONT_LOG", "warn");
     cmd
 }
+
+/// `Basic base64(user:password)`, an `Authorization` header value.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes()))
+}
