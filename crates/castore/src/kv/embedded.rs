@@ -600,8 +600,7 @@ impl KvStore for EmbeddedStore {
     }
 
     fn scan_prefix(&self, table: Table, prefix: Bytes) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
-        if table == Table::CHUNKS {
-            let refused = Error::InvalidRequest("chunks cannot be scanned by prefix (they are files)".into());
+        if let Err(refused) = super::not_chunks(table, "prefix scan") {
             return futures::stream::once(async move { Err(refused) }).boxed();
         }
         self.scan_batches(table, prefix)
@@ -614,9 +613,7 @@ impl KvStore for EmbeddedStore {
         current: Option<Bytes>,
         new: Option<Bytes>,
     ) -> Result<Swapped> {
-        if table == Table::CHUNKS {
-            return Err(Error::InvalidRequest("chunks are immutable: no compare-and-swap".into()));
-        }
+        super::not_chunks(table, "compare-and-swap")?;
         let (done, wait) = oneshot::channel();
         self.submit(WriteOp::Swap { table, key, current, new, done }).await?;
         wait.await.map_err(|_| writer_stopped())?

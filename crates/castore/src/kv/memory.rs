@@ -58,9 +58,8 @@ impl KvStore for MemoryStore {
     }
 
     fn scan_prefix(&self, table: Table, prefix: Bytes) -> BoxStream<'static, Result<(Bytes, Bytes)>> {
-        if table == Table::CHUNKS {
-            let refusal = crate::Error::InvalidRequest("chunks are not scanned by prefix".into());
-            return futures::stream::iter([Err(refusal)]).boxed();
+        if let Err(refused) = super::not_chunks(table, "prefix scan") {
+            return futures::stream::iter([Err(refused)]).boxed();
         }
         let records: Vec<_> = self
             .read(table, |m| {
@@ -82,9 +81,7 @@ impl KvStore for MemoryStore {
         current: Option<Bytes>,
         new: Option<Bytes>,
     ) -> Result<Result<(), Option<Bytes>>> {
-        if table == Table::CHUNKS {
-            return Err(crate::Error::InvalidRequest("chunks are immutable: no compare-and-swap on them".into()));
-        }
+        super::not_chunks(table, "compare-and-swap")?;
         let mut tables = self.tables.write().expect("poisoned");
         let map = tables.entry(table.name()).or_default();
         let actual = map.get(&key);

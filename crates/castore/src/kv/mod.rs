@@ -117,6 +117,15 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> Result<Result<(), Option<Bytes>>>;
 }
 
+/// Refuses the operations chunks do not have (prefix scans,
+/// compare-and-swap): every engine applies the same rule through this.
+pub(crate) fn not_chunks(table: Table, what: &str) -> Result<()> {
+    if table == Table::CHUNKS {
+        return Err(crate::Error::InvalidRequest(format!("chunks are immutable: no {what} on them")));
+    }
+    Ok(())
+}
+
 /// Sets a mutable record to `value` whatever it held (last writer wins),
 /// through [`KvStore::compare_and_swap`].
 pub async fn set(kv: &dyn KvStore, table: Table, key: Bytes, value: Option<Bytes>) -> Result<()> {
