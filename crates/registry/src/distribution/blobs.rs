@@ -13,8 +13,8 @@ use axum::{
     response::Response,
 };
 use bytes::Bytes;
-use castore::BlobService;
-use futures::{StreamExt, TryStreamExt};
+use castore::{BlobService, render::LayoutReader};
+use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -121,36 +121,12 @@ pub(crate) async fn body(registry: &Registry, source: Source, start: u64, end: u
             Ok(Body::from_stream(ReaderStream::with_capacity(reader.take(end - start), READ_BUFFER)))
         }
         Source::Stored(record) => {
-            // The parts overlapping the range, each with the offset and
-            // length to read from it.
-            let mut pieces = Vec::new();
-            let mut offset = 0u64;
-            for part in &record.parts {
-                let (lo, hi) = (offset, offset + part.size);
-                offset = hi;
-                if hi <= start || lo >= end {
-                    continue;
-                }
-                let from = start.max(lo) - lo;
-                let to = end.min(hi) - lo;
-                pieces.push((part.digest()?, from, to - from));
+            let mut reader = LayoutReader::new(Arc::new(record.layout()?), registry.blobs.clone());
+            reader.set_end(end);
+            if start > 0 {
+                reader.seek(SeekFrom::Start(start)).await?;
             }
-            let blobs = registry.blobs.clone();
-            let stream = futures::stream::iter(pieces)
-                .then(move |(digest, from, len)| {
-                    let blobs = blobs.clone();
-                    async move {
-                        let mut reader = blobs.open_read(&digest).await?.ok_or_else(|| {
-                            std::io::Error::other(format!("castore blob {digest} of a stored OCI blob is missing"))
-                        })?;
-                        if from > 0 {
-                            reader.seek(SeekFrom::Start(from)).await?;
-                        }
-                        Ok::<_, std::io::Error>(ReaderStream::with_capacity(reader.take(len), READ_BUFFER))
-                    }
-                })
-                .try_flatten();
-            Ok(Body::from_stream(stream))
+            Ok(Body::from_stream(reader))
         }
     }
 }

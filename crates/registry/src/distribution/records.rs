@@ -63,6 +63,19 @@ pub(crate) struct BlobRecord {
     pub parts: Vec<Part>,
 }
 
+impl BlobRecord {
+    /// The blob as a layout of its castore parts, so any range of it is
+    /// read with [`castore::render::LayoutReader`] (parts fetched ahead,
+    /// chunk buffers passed on without a copy).
+    pub(crate) fn layout(&self) -> Result<castore::render::Layout, RegistryError> {
+        let mut layout = castore::render::LayoutBuilder::new();
+        for part in &self.parts {
+            layout.blob(part.digest()?, part.size).map_err(|_| corrupt("blob", "larger than 2^64 bytes"))?;
+        }
+        Ok(layout.finish())
+    }
+}
+
 /// A manifest as pushed.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ManifestRecord {

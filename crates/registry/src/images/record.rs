@@ -132,7 +132,12 @@ impl LayerRecipe {
 
 /// A layer already hashed: its digest and size.
 pub async fn layer_for_recipe(reg: &Registry, recipe: &LayerRecipe) -> Result<Option<(Digest, u64)>, RegistryError> {
-    let Some(bytes) = reg.meta.get(GENERATED, &key(b'r', &recipe.key)).await? else {
+    get_layer(reg, key(b'r', &recipe.key)).await
+}
+
+/// The layer record under `k`: a layer's digest and size.
+async fn get_layer(reg: &Registry, k: Bytes) -> Result<Option<(Digest, u64)>, RegistryError> {
+    let Some(bytes) = reg.meta.get(GENERATED, &k).await? else {
         return Ok(None);
     };
     let r = LayerRecord::decode(&bytes[..]).map_err(corrupt)?;
@@ -140,22 +145,29 @@ pub async fn layer_for_recipe(reg: &Registry, recipe: &LayerRecipe) -> Result<Op
     Ok(Some((Digest(digest), r.size)))
 }
 
+/// Writes how to serve `digest` (`blob`), then the record `k` that finds
+/// it (a layer's digest and size): in that order, so a found layer is
+/// always servable.
+async fn put_layer_records(
+    reg: &Registry,
+    blob: BlobRecord,
+    k: Bytes,
+    digest: Digest,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let layer = LayerRecord { digest: Bytes::copy_from_slice(&digest.0), size };
+    reg.meta
+        .put(GENERATED, vec![(key(b'b', &digest.0), blob.encode_to_vec().into()), (k, layer.encode_to_vec().into())])
+        .await?;
+    Ok(())
+}
+
 /// Records a hashed layer: how to render it, then its recipe's result.
 pub async fn put_layer(reg: &Registry, recipe: &LayerRecipe, digest: Digest, size: u64) -> Result<(), RegistryError> {
     let blob = BlobRecord {
         kind: Some(BlobKind::Layer(RecipeRecord { paths: recipe.paths.iter().map(|p| p.to_string()).collect(), size })),
     };
-    let layer = LayerRecord { digest: Bytes::copy_from_slice(&digest.0), size };
-    reg.meta
-        .put(
-            GENERATED,
-            vec![
-                (key(b'b', &digest.0), blob.encode_to_vec().into()),
-                (key(b'r', &recipe.key), layer.encode_to_vec().into()),
-            ],
-        )
-        .await?;
-    Ok(())
+    put_layer_records(reg, blob, key(b'r', &recipe.key), digest, size).await
 }
 
 fn compressed_key(recipe: &LayerRecipe, compression: &str) -> [u8; 32] {
@@ -168,12 +180,7 @@ pub async fn compressed_layer(
     recipe: &LayerRecipe,
     compression: &str,
 ) -> Result<Option<(Digest, u64)>, RegistryError> {
-    let Some(bytes) = reg.meta.get(GENERATED, &key(b'c', &compressed_key(recipe, compression))).await? else {
-        return Ok(None);
-    };
-    let r = LayerRecord::decode(&bytes[..]).map_err(corrupt)?;
-    let digest: [u8; 32] = r.digest[..].try_into().map_err(|_| corrupt("layer digest length"))?;
-    Ok(Some((Digest(digest), r.size)))
+    get_layer(reg, key(b'c', &compressed_key(recipe, compression))).await
 }
 
 /// Records a compressed layer kept in castore as `b3`.
@@ -186,17 +193,7 @@ pub async fn put_compressed_layer(
     b3: B3Digest,
 ) -> Result<(), RegistryError> {
     let blob = BlobRecord { kind: Some(BlobKind::Stored(StoredRecord { digest: b3.to_bytes(), size })) };
-    let layer = LayerRecord { digest: Bytes::copy_from_slice(&digest.0), size };
-    reg.meta
-        .put(
-            GENERATED,
-            vec![
-                (key(b'b', &digest.0), blob.encode_to_vec().into()),
-                (key(b'c', &compressed_key(recipe, compression)), layer.encode_to_vec().into()),
-            ],
-        )
-        .await?;
-    Ok(())
+    put_layer_records(reg, blob, key(b'c', &compressed_key(recipe, compression)), digest, size).await
 }
 
 /// Stores a small generated blob in castore and indexes it by sha256.
@@ -247,11 +244,7 @@ pub async fn blob(reg: &Registry, digest: &Digest) -> Result<Option<Blob>, Regis
             let Some(stored) = crate::distribution::records::blob(&*reg.meta, digest).await? else {
                 return Ok(None);
             };
-            let mut layout = castore::render::LayoutBuilder::new();
-            for part in &stored.parts {
-                layout.blob(part.digest()?, part.size).map_err(|_| corrupt("blob larger than 2^64 bytes"))?;
-            }
-            let reader = LayoutReader::new(Arc::new(layout.finish()), reg.blobs.clone());
+            let reader = LayoutReader::new(Arc::new(stored.layout()?), reg.blobs.clone());
             Ok(Some(Blob { size: stored.size, reader: Box::new(reader) }))
         }
         None => Err(corrupt("no kind")),
