@@ -52,7 +52,7 @@ impl Registry {
                 None => {
                     let Some(pushed) = pushed::find(self, name, reference).await? else { return Ok(None) };
                     return match flavour {
-                        Flavour::NixSnapshotter => pushed::serve_as_pushed(self, &pushed).await.map(|()| Some(pushed)),
+                        Flavour::NixSnapshotter => pushed::nix_snapshotter(self, &pushed).await.map(Some),
                         Flavour::Ordinary => pushed::ordinary(self, &pushed).await.map(Some),
                     };
                 }

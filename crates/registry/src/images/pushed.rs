@@ -26,6 +26,9 @@ use crate::{
     oci::{Digest, Manifest},
 };
 
+/// What every nix-snapshotter annotation starts with.
+const ANNOTATION_PREFIX: &[u8] = b"containerd.io/snapshot/";
+
 /// Largest pushed config read back to be extended.
 const MAX_CONFIG: u64 = 4 << 20;
 
@@ -36,6 +39,11 @@ pub async fn find(reg: &Registry, name: &str, tag: &str) -> Result<Option<Manife
     for repo in [name.to_owned(), format!("{NIX_SNAPSHOTTER_PREFIX}{name}")] {
         let Some(digest) = records::tag(meta, &repo, tag).await? else { continue };
         let Some(m) = records::manifest(meta, &digest).await? else { continue };
+        // Most stored images are not nix-snapshotter's: parse only those
+        // that can hold its annotations.
+        if !m.bytes.windows(ANNOTATION_PREFIX.len()).any(|w| w == ANNOTATION_PREFIX) {
+            continue;
+        }
         let json: Value = serde_json::from_slice(&m.bytes).unwrap_or(Value::Null);
         if nix_layer(&json).is_some() {
             return Ok(Some(Manifest::new(m.media_type, m.bytes)));
@@ -55,8 +63,29 @@ fn nix_layer(manifest: &Value) -> Option<usize> {
     })
 }
 
+/// The key a derived flavour of the pushed manifest is recorded under.
+fn derived_key(flavour: &str, pushed: &Manifest) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(format!("storefront pushed {flavour} v1\n"))
+        .chain_update(pushed.digest.0)
+        .finalize()
+        .into()
+}
+
+/// The nix-snapshotter flavour: the pushed manifest itself, its blobs made
+/// servable under both names the first time it is asked for.
+pub async fn nix_snapshotter(reg: &Registry, pushed: &Manifest) -> Result<Manifest, RegistryError> {
+    let key = derived_key("nix-snapshotter", pushed);
+    if record::manifest_for_spec(reg, &key).await?.is_none() {
+        serve_as_pushed(reg, pushed).await?;
+        record::put_manifest(reg, pushed).await?;
+        record::put_manifest_for_spec(reg, &key, pushed).await?;
+    }
+    Ok(pushed.clone())
+}
+
 /// Makes the pushed manifest's blobs servable under both names.
-pub async fn serve_as_pushed(reg: &Registry, manifest: &Manifest) -> Result<(), RegistryError> {
+async fn serve_as_pushed(reg: &Registry, manifest: &Manifest) -> Result<(), RegistryError> {
     let json: Value = serde_json::from_slice(&manifest.bytes)
         .map_err(|e| RegistryError::internal(format!("stored manifest {}: {e}", manifest.digest)))?;
     for d in std::iter::once(&json["config"]).chain(json["layers"].as_array().into_iter().flatten()) {
@@ -69,8 +98,7 @@ pub async fn serve_as_pushed(reg: &Registry, manifest: &Manifest) -> Result<(), 
 
 /// The ordinary flavour of a pushed nix-snapshotter image, built once.
 pub async fn ordinary(reg: &Registry, pushed: &Manifest) -> Result<Manifest, RegistryError> {
-    let key: [u8; 32] =
-        Sha256::new().chain_update(b"storefront pushed ordinary v1\n").chain_update(pushed.digest.0).finalize().into();
+    let key = derived_key("ordinary", pushed);
     if let Some(m) = record::manifest_for_spec(reg, &key).await? {
         return Ok(m);
     }
