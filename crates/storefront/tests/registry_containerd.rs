@@ -35,15 +35,7 @@ fn closure_expr(busybox: &str) -> String {
     format!(
         r#"
 let
-  mk = name: script: derivation {{
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-    salt = "storefront-containerd-test-v1";
-  }};
-  busybox = mk "sf-ctr-busybox" ''
+{mk}  busybox = mk "sf-ctr-busybox" ''
     set -e
     mkdir -p $out/bin
     cp {busybox} $out/bin/busybox
@@ -55,7 +47,8 @@ in mk "sf-ctr-hello" ''
   printf '#!${{busybox}}/bin/busybox sh\necho "{GREETING}: $*"\n' > $out/bin/hello
   chmod 0555 $out/bin/hello
 ''
-"#
+"#,
+        mk = nix::mk_binding("storefront-containerd-test-v1"),
     )
 }
 

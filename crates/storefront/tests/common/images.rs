@@ -69,14 +69,7 @@ fn expr() -> String {
         r#"
 let
   salt = "{SALT}";
-  mk = name: script: derivation {{
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-  }};
-  busybox = mk "sf-img-busybox" ''
+{mk}  busybox = mk "sf-img-busybox" ''
     set -e
     mkdir -p $out/bin
     cp {BUSYBOX} $out/bin/busybox
@@ -113,7 +106,8 @@ in mk "sf-img-app" ''
   ln -s prog $out/bin/prog-again
   echo "certificates: ${{certs}}" > $out/share/app/config
 ''
-"#
+"#,
+        mk = nix::mk_binding(SALT),
     )
 }
 

@@ -18,6 +18,23 @@ use tempfile::TempDir;
 /// The default store directory, where the fixture is built.
 pub const STORE_DIR: &str = "/nix/store";
 
+/// `mk = name: script: …;`, the Nix binding the tests' offline closures
+/// build with: a derivation running `script` with the host's `/bin/sh`
+/// (the sandbox is off), `salt` making its paths unique to one caller.
+pub fn mk_binding(salt: &str) -> String {
+    format!(
+        r#"  mk = name: script: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    PATH = "/usr/bin:/bin";
+    salt = "{salt}";
+  }};
+"#
+    )
+}
+
 /// The fixture's Nix expression: five derivations with files, executables,
 /// relative, absolute and dangling symlinks, empty files and directories,
 /// nested directories, a multi-MiB file, a single-file output, an output
@@ -27,15 +44,7 @@ pub fn fixture_expr(salt: &str) -> String {
     format!(
         r#"
 let
-  mk = name: script: derivation {{
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-    salt = "{salt}";
-  }};
-  leaf = mk "sf-fixture-leaf" ''printf 'a single file\n' > $out'';
+{mk}  leaf = mk "sf-fixture-leaf" ''printf 'a single file\n' > $out'';
   data = mk "sf-fixture-data" ''
     set -e
     mkdir -p $out/share/doc/deep/deeper $out/bin $out/empty-dir
@@ -64,7 +73,8 @@ in mk "sf-fixture-top" ''
   mkdir $out
   echo ${{app}} ${{link}} ${{leaf}} > $out/refs
 ''
-"#
+"#,
+        mk = mk_binding(salt),
     )
 }
 
