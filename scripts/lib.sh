@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/serve and scripts/test. Sourced, not run.
+# Helpers shared by scripts/serve, scripts/test and the bench scripts. Sourced, not run.
 #
 # - say / die: progress and error messages (on stderr).
 # - ensure_commands "COMMAND:DEBIAN-PACKAGE[ PACKAGE...]"...: installs, with
 #   apt-get, the packages of every COMMAND that is not on PATH.
+# - write_bench_section HEADING SECTION_FILE OUT: puts a benchmark's section
+#   into OUT (docs/benchmarks.md), replacing the one under HEADING.
 # - ensure_cargo: finds cargo (installing rustup when it is missing and the
 #   network allows) and checks that the toolchain is new enough.
 
@@ -99,4 +101,22 @@ ensure_cargo() {
 		die "rustc $have ($(command -v rustc)) is older than the $want this workspace needs;
        install a current toolchain with rustup (https://rustup.rs) and make sure ~/.cargo/bin comes first in PATH"
 	fi
+}
+
+# Replaces the section of OUT that starts at the line HEADING (up to the next
+# "## " heading) with the contents of SECTION_FILE, or appends it; the rest
+# of OUT is left alone. Every bench script writes its table through this.
+write_bench_section() { # heading section_file out
+	local tmp
+	tmp=$(mktemp)
+	touch "$3"
+	awk -v heading="$1" -v section="$2" '
+		function emit() { while ((getline line < section) > 0) print line; close(section) }
+		$0 == heading { skipping = 1; done = 1; emit(); next }
+		skipping && /^## / { skipping = 0; print "" }
+		!skipping { print }
+		END { if (!done) { if (NR > 0) print ""; emit() } }
+	' "$3" >"$tmp"
+	cat "$tmp" >"$3"
+	rm -f "$tmp"
 }

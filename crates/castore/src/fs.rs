@@ -3,15 +3,17 @@
 //! [`ingest`] turns a file, symlink or directory tree into castore content
 //! (blobs streamed, in parallel; directories put as one closure, so nothing
 //! is visible until the whole tree is stored) and returns its root [`Node`].
-//! [`export`] writes a node back as a new path, atomically.
+//! [`stage`] writes a node back beside its target, every file checked
+//! against its digest (fetched, or copied from identical [`LocalFiles`]
+//! without following symlinks), optionally laid out as Nix's store
+//! ([`Layout::NixStore`]); [`Staged::commit`] renames it into place without
+//! replacing anything, and a failed, cancelled or dropped stage removes its
+//! tree. [`export`] is both steps with owner-writable modes.
 use std::{
     collections::HashMap,
     os::{
         fd::AsRawFd,
-        unix::{
-            ffi::OsStrExt,
-            fs::{MetadataExt, PermissionsExt},
-        },
+        unix::{ffi::OsStrExt, fs::MetadataExt},
     },
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,16 +21,20 @@ use std::{
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Name, Node, Result};
+
+mod export;
+
+pub use export::{
+    Commit, ExportOptions, ExportStats, Layout, LocalFile, LocalFiles, OnBytes, Source, Staged, StagedFile, export,
+    stage,
+};
 
 /// Jobs (a large file, or a batch of small ones) run at the same time.
 const PARALLEL_JOBS: usize = 4;
 /// Small files of one batch stored at the same time.
 const PARALLEL_PUTS: usize = 4;
-/// Large files written at the same time by export.
-const PARALLEL_EXPORTS: usize = 4;
 /// Files up to this size are read in one go rather than streamed, many at a
 /// time in one trip to the blocking pool.
 const SMALL_FILE: u64 = 256 << 10;
@@ -396,217 +402,6 @@ impl tokio::io::AsyncRead for FileReader {
             }));
         }
     }
-}
-
-/// Writes `node` as the new path `target` (which must not exist).
-///
-/// Everything is built in a temporary sibling and renamed into place, so
-/// `target` appears whole or not at all. Only new entries are created inside
-/// that fresh directory, and names are validated path components, so nothing
-/// is written through a symlink or outside `target`. File contents are
-/// checked against their digest and size. Files are 0644 (0755 when
-/// executable), directories 0755.
-pub async fn export(
-    blobs: &dyn BlobService,
-    directories: &dyn DirectoryService,
-    node: &Node,
-    target: &Path,
-) -> Result<()> {
-    let name = target
-        .file_name()
-        .ok_or_else(|| Error::InvalidRequest(format!("{}: not a path to create", target.display())))?;
-    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if tokio::fs::symlink_metadata(target).await.is_ok() {
-        return Err(Error::InvalidRequest(format!("{} already exists", target.display())));
-    }
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        B3Digest::of(target.as_os_str().as_bytes()).to_hex().get(..8).unwrap_or_default()
-    ));
-    let result = async {
-        write_node(blobs, directories, node, &tmp).await?;
-        rename_noreplace(&tmp, target)
-    }
-    .await;
-    if result.is_err() {
-        let _ = match tokio::fs::symlink_metadata(&tmp).await {
-            Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(&tmp).await,
-            Ok(_) => tokio::fs::remove_file(&tmp).await,
-            Err(_) => Ok(()),
-        };
-    }
-    result
-}
-
-async fn write_node(
-    blobs: &dyn BlobService,
-    directories: &dyn DirectoryService,
-    node: &Node,
-    path: &Path,
-) -> Result<()> {
-    match node {
-        Node::File { digest, size, executable } => write_file(blobs, digest, *size, *executable, path).await,
-        Node::Symlink { target } => {
-            let target = std::ffi::OsStr::from_bytes(target).to_owned();
-            tokio::fs::symlink(target, path).await?;
-            Ok(())
-        }
-        Node::Directory { digest, .. } => {
-            let all: HashMap<B3Digest, Directory> =
-                directories.get_recursive(digest).map_ok(|d| (d.digest(), d)).try_collect().await?;
-            // Create the tree (directories, symlinks) and list the files.
-            let mut files = Vec::new();
-            let mut stack = vec![(*digest, path.to_owned())];
-            while let Some((digest, dir_path)) = stack.pop() {
-                let dir = all
-                    .get(&digest)
-                    .ok_or_else(|| Error::Storage(format!("directory {digest} missing from the closure")))?;
-                tokio::fs::create_dir(&dir_path).await?;
-                for (name, child) in dir.entries() {
-                    let child_path = dir_path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
-                    match child {
-                        Node::Directory { digest, .. } => stack.push((*digest, child_path)),
-                        Node::Symlink { target } => {
-                            tokio::fs::symlink(std::ffi::OsStr::from_bytes(target), child_path).await?
-                        }
-                        Node::File { digest, size, executable } => {
-                            files.push((*digest, *size, *executable, child_path))
-                        }
-                    }
-                }
-            }
-            let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= SMALL_FILE);
-            let mut batcher = Batcher::new();
-            let mut batches: Vec<Vec<ExportFile>> = small
-                .into_iter()
-                .filter_map(|f| {
-                    let size = f.1;
-                    batcher.push(f, size)
-                })
-                .collect();
-            batches.extend(batcher.finish());
-            futures::stream::iter(batches)
-                .map(|batch| write_small_files(blobs, batch))
-                .buffer_unordered(PARALLEL_JOBS)
-                .try_collect::<()>()
-                .await?;
-            futures::stream::iter(large)
-                .map(|(digest, size, exec, p)| async move { write_file(blobs, &digest, size, exec, &p).await })
-                .buffer_unordered(PARALLEL_EXPORTS)
-                .try_collect::<()>()
-                .await
-        }
-    }
-}
-
-/// A file to export: digest, size, executable, path.
-type ExportFile = (B3Digest, u64, bool, PathBuf);
-
-fn file_mode(executable: bool) -> u32 {
-    if executable { 0o755 } else { 0o644 }
-}
-
-/// Opens the blob to be written at `path`.
-async fn open_blob(blobs: &dyn BlobService, digest: &B3Digest, path: &Path) -> Result<crate::BlobReader> {
-    blobs
-        .open_read(digest)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))
-}
-
-/// Refuses contents that are not the blob the directory names.
-fn check_read_back(digest: &B3Digest, actual: &B3Digest, len: u64, size: u64, path: &Path) -> Result<()> {
-    if actual != digest || len != size {
-        return Err(Error::Storage(format!(
-            "blob {digest} read back as {actual} ({len} bytes, expected {size}) for {}",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Reads a whole blob of known size and checks it.
-async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
-    let reader = open_blob(blobs, digest, path).await?;
-    let mut data = Vec::with_capacity(size as usize);
-    reader.take(size + 1).read_to_end(&mut data).await?;
-    check_read_back(digest, &B3Digest::of(&data), data.len() as u64, size, path)?;
-    Ok(data)
-}
-
-/// Writes small files: contents fetched and checked first, then all files
-/// created in one trip to the blocking pool.
-async fn write_small_files(blobs: &dyn BlobService, batch: Vec<ExportFile>) -> Result<()> {
-    let contents: Vec<(Vec<u8>, bool, PathBuf)> = futures::stream::iter(batch)
-        .map(|(digest, size, exec, path)| async move {
-            Ok::<_, Error>((read_blob(blobs, &digest, size, &path).await?, exec, path))
-        })
-        .buffered(PARALLEL_PUTS)
-        .try_collect()
-        .await?;
-    tokio::task::spawn_blocking(move || {
-        use std::{io::Write, os::unix::fs::OpenOptionsExt};
-        for (data, exec, path) in contents {
-            let mode = file_mode(exec);
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&path)?;
-            file.write_all(&data)?;
-            // The umask may have narrowed the mode.
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        }
-        Ok::<_, Error>(())
-    })
-    .await
-    .map_err(Error::storage)?
-}
-
-async fn write_file(
-    blobs: &dyn BlobService,
-    digest: &B3Digest,
-    size: u64,
-    executable: bool,
-    path: &Path,
-) -> Result<()> {
-    let mut reader = open_blob(blobs, digest, path).await?;
-    let mode = file_mode(executable);
-    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).await?;
-    let mut hasher = blake3::Hasher::new();
-    let mut written = 0u64;
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await?;
-        written += n as u64;
-    }
-    file.flush().await?;
-    check_read_back(digest, &B3Digest::from(hasher.finalize()), written, size, path)?;
-    // The umask may have narrowed the mode.
-    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).await?;
-    Ok(())
-}
-
-/// Renames without replacing anything that appeared at `to` meanwhile.
-fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    use std::ffi::CString;
-    let from = CString::new(from.as_os_str().as_bytes()).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    // SAFETY: both are valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            return Err(Error::InvalidRequest(format!("{} already exists", to.display())));
-        }
-        return Err(e.into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

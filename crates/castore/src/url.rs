@@ -10,9 +10,12 @@ use crate::{
 };
 
 /// The address forms every service accepts, for error messages.
-pub const SERVICE_ADDRESS_FORMS: &str = "memory:, redb:/path/castore.redb, grpc+http://host:port, \
-                                         grpc+https://host:port, grpc+unix:/path.sock (append ?package=tvix \
-                                         for tvix servers)";
+pub const SERVICE_ADDRESS_FORMS: &str = "memory:, redb:/path/castore.redb, \
+                                         objectstore+s3://bucket/prefix?endpoint=URL&region=NAME, \
+                                         objectstore+file:///path, objectstore+memory:, \
+                                         cache:?near=redb:/path&far=objectstore+s3://… (write & inside far as %26), \
+                                         grpc+http://host:port, grpc+https://host:port, grpc+unix:/path.sock \
+                                         (append ?package=tvix for tvix servers)";
 
 /// Parses a service address, with an error that lists the accepted forms.
 pub fn parse_service_address(addr: &str) -> Result<url::Url> {

@@ -17,6 +17,7 @@ pub mod proto;
 pub mod signing;
 pub mod store_path;
 pub mod url;
+pub mod verify;
 
 pub use ca::{CaError, ContentAddress, IngestionMethod};
 pub use hash::{HashAlgo, HashError, NixHash};

@@ -19,18 +19,27 @@ pub struct ServeArgs {
     /// Directory for the embedded storage.
     #[arg(long, env = "STOREFRONT_DATA")]
     data: Option<PathBuf>,
-    /// Blob backend URL (default: the embedded store in --data).
+    /// Where blobs, directories, PathInfo and metadata go unless their own
+    /// address says otherwise: any storage address, e.g.
+    /// objectstore+s3://BUCKET/PREFIX?endpoint=URL&region=NAME (replicas
+    /// sharing a bucket), or cache:?near=redb:PATH&far=objectstore+s3://…
+    /// (write & inside far as %26) [default: the embedded store in --data,
+    /// which also keeps the write tokens either way].
+    #[arg(long, env = "STOREFRONT_STORAGE", value_name = "URL")]
+    storage: Option<String>,
+    /// Blob backend URL (default: --storage).
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     blob_service_addr: Option<String>,
-    /// Directory backend URL (default: the embedded store in --data).
+    /// Directory backend URL (default: --storage).
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR")]
     directory_service_addr: Option<String>,
-    /// PathInfo backend URL (default: the embedded store in --data).
+    /// PathInfo backend URL (default: --storage).
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     path_info_service_addr: Option<String>,
     /// Engine for the binary cache's own records (uploads in progress,
-    /// `.ls` files, logs): memory: or redb:PATH (default: the PathInfo
-    /// backend's, or the embedded store in --data when that is remote).
+    /// `.ls` files, logs) and the registry's (tags, uploads, …): any storage
+    /// address (default: the PathInfo backend's, or --storage when that is
+    /// a gRPC server).
     #[arg(long, env = "METADATA_ADDR", value_name = "URL")]
     metadata_addr: Option<String>,
     /// Nix secret key file (`nix-store --generate-binary-cache-key`): every
@@ -77,11 +86,19 @@ pub struct ServeArgs {
     /// The Nix store directory of the paths served [default: /nix/store].
     #[arg(long, env = "STOREFRONT_STORE_DIR", value_name = "DIR")]
     store_dir: Option<String>,
-    /// TOML file with any of: listen, data, blob_service_addr,
+    /// PEM certificate chain (the server's first): with --tls-key, the
+    /// listener speaks HTTPS (HTTP/1.1, HTTP/2 and so gRPC) instead of
+    /// plain HTTP. SIGHUP rereads both files.
+    #[arg(long, env = "STOREFRONT_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, env = "STOREFRONT_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// TOML file with any of: listen, data, storage, blob_service_addr,
     /// directory_service_addr, path_info_service_addr, metadata_addr,
     /// signing_key, write_token_file, read_token_file,
     /// allow_anonymous_writes, upstream (array), trusted_public_keys
-    /// (array), nar_compression, priority, store_dir.
+    /// (array), nar_compression, priority, store_dir, tls_cert, tls_key.
     #[arg(long, env = "STOREFRONT_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -96,6 +113,7 @@ const TRUSTED_KEYS_ENV: &str = "STOREFRONT_TRUSTED_PUBLIC_KEYS";
 struct ServeFile {
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
+    storage: Option<String>,
     blob_service_addr: Option<String>,
     directory_service_addr: Option<String>,
     path_info_service_addr: Option<String>,
@@ -109,6 +127,8 @@ struct ServeFile {
     nar_compression: Option<String>,
     priority: Option<u32>,
     store_dir: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// What `serve` runs with, every value decided.
@@ -122,6 +142,16 @@ pub struct ServeConfig {
     pub metadata_addr: String,
     pub auth: AuthConfig,
     pub cache: CacheConfig,
+    /// HTTPS on the listener, when set.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The files of the listener's certificate and key (read by `serve` at
+/// start and on SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Who may write and read; [`crate::auth::Policy::load`] turns it into
@@ -145,7 +175,8 @@ impl ServeArgs {
             None => ServeFile::default(),
         };
         let data = self.data.or(file.data).unwrap_or_else(default_data_dir);
-        let embedded = embedded_store_url(&data);
+        // Every service's default home.
+        let storage = self.storage.or(file.storage).unwrap_or_else(|| embedded_store_url(&data));
         let cache = CacheConfig {
             store_dir: self.store_dir.or(file.store_dir).unwrap_or_else(|| store::DEFAULT_STORE_DIR.to_owned()),
             priority: self.priority.or(file.priority).unwrap_or(cache::DEFAULT_PRIORITY),
@@ -172,16 +203,27 @@ impl ServeArgs {
             )?,
         };
         let path_info_service_addr =
-            self.path_info_service_addr.or(file.path_info_service_addr).unwrap_or_else(|| embedded.clone());
+            self.path_info_service_addr.or(file.path_info_service_addr).unwrap_or_else(|| storage.clone());
         // The cache's records belong beside the PathInfo records they lead
         // to: in the same engine, so `memory:` keeps nothing on disk.
         let metadata_addr = self.metadata_addr.or(file.metadata_addr).unwrap_or_else(|| {
-            if path_info_service_addr.starts_with("grpc+") { embedded.clone() } else { path_info_service_addr.clone() }
+            if path_info_service_addr.starts_with("grpc+") { storage.clone() } else { path_info_service_addr.clone() }
         });
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!(
+                "a TLS certificate needs its private key too: give --tls-key FILE (STOREFRONT_TLS_KEY, tls_key)"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "a TLS key needs its certificate chain too: give --tls-cert FILE (STOREFRONT_TLS_CERT, tls_cert)"
+            ),
+        };
         Ok(ServeConfig {
+            tls,
             listen: self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
-            blob_service_addr: self.blob_service_addr.or(file.blob_service_addr).unwrap_or_else(|| embedded.clone()),
-            directory_service_addr: self.directory_service_addr.or(file.directory_service_addr).unwrap_or(embedded),
+            blob_service_addr: self.blob_service_addr.or(file.blob_service_addr).unwrap_or_else(|| storage.clone()),
+            directory_service_addr: self.directory_service_addr.or(file.directory_service_addr).unwrap_or(storage),
             path_info_service_addr,
             metadata_addr,
             auth: AuthConfig {
@@ -317,6 +359,35 @@ metadata_addr = "memory:"
         assert_eq!(cfg.cache.priority, cache::DEFAULT_PRIORITY);
         assert_eq!(cfg.cache.store_dir, store::DEFAULT_STORE_DIR);
         assert!(cfg.cache.signing_key.is_none() && cfg.auth.write_token_file.is_none());
+    }
+
+    /// `storage` is every service's default (flag over file); a service's
+    /// own address still wins, and a remote PathInfo backend sends the
+    /// metadata to the storage, not to --data.
+    #[test]
+    fn storage_is_the_default_for_every_service() {
+        const S3: &str = "objectstore+s3://bucket/sf?endpoint=http://127.0.0.1:3900&region=garage";
+        let cfg = resolve(&["--data", "/d", "--storage", S3]).unwrap();
+        for addr in [&cfg.blob_service_addr, &cfg.directory_service_addr, &cfg.path_info_service_addr] {
+            assert_eq!(addr, S3);
+        }
+        assert_eq!(cfg.metadata_addr, S3);
+        assert_eq!(cfg.data, Path::new("/d"), "the data directory stays (write tokens)");
+
+        let cfg = resolve(&["--storage", S3, "--blob-service-addr", "memory:"]).unwrap();
+        assert_eq!((cfg.blob_service_addr.as_str(), cfg.directory_service_addr.as_str()), ("memory:", S3));
+        let cfg = resolve(&["--storage", S3, "--path-info-service-addr", "grpc+http://127.0.0.1:1"]).unwrap();
+        assert_eq!(cfg.metadata_addr, S3, "a remote PathInfo backend sends metadata to the storage");
+
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("serve.toml");
+        let cache =
+            "cache:?near=redb:/var/cache/sf/near.redb&far=objectstore+s3://b/p?endpoint=http://h:3900%26region=garage";
+        std::fs::write(&toml, format!("storage = \"{cache}\"\n")).unwrap();
+        let cfg = resolve(&["--config", toml.to_str().unwrap()]).unwrap();
+        assert_eq!((cfg.path_info_service_addr.as_str(), cfg.metadata_addr.as_str()), (cache, cache));
+        let cfg = resolve(&["--config", toml.to_str().unwrap(), "--storage", "memory:"]).unwrap();
+        assert_eq!(cfg.blob_service_addr, "memory:", "the flag overrides the file");
     }
 
     #[test]

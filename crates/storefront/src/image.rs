@@ -11,7 +11,8 @@ use crate::auth;
 /// Where the server is and how to authenticate to it.
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// The storefront server.
+    /// The storefront server (https:// trusts the system's CAs, or those
+    /// in the file $SSL_CERT_FILE names).
     #[arg(long, env = "STOREFRONT_SERVER", default_value = "http://127.0.0.1:8000")]
     server: url::Url,
     /// A file of write tokens (as `serve --write-token-file`); the first is
@@ -176,7 +177,10 @@ async fn call(
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<Value> {
     let url = server.server.join(path).with_context(|| format!("{}: not a base URL", server.server))?;
-    let mut req = reqwest::Client::new().request(method, url.clone());
+    // Trusts the bundled Mozilla roots plus the system's, or the
+    // certificates in $SSL_CERT_FILE: a server with a private CA works.
+    let client = reqwest::Client::builder().build().context("setting up the HTTP client")?;
+    let mut req = client.request(method, url.clone());
     if let Some(token) = auth::client_token(server.token_file.as_deref())? {
         req = req.bearer_auth(token);
     }

@@ -3,14 +3,12 @@
 //! running server over gRPC (`--store`) or a data directory opened directly
 //! (`--data`).
 use std::{
-    io::IsTerminal,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use store::{
     ContentAddress, DEFAULT_STORE_DIR, NarInfo, StorePath,
     import::{self, Importer, LocalStore, NarFileMeta, Progress, Summary, Target},
@@ -18,8 +16,10 @@ use store::{
 };
 use tokio::sync::watch;
 
+use crate::progress::{ProgressDisplay, style};
+
 /// The default `--store`: a server on this machine, at `serve`'s default address.
-const DEFAULT_STORE: &str = "grpc+http://127.0.0.1:8000";
+pub(crate) const DEFAULT_STORE: &str = "grpc+http://127.0.0.1:8000";
 
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["paths", "export", "nar"]))]
@@ -108,7 +108,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let (target, where_to) = open_target(&args).await?;
     let started = Instant::now();
     let progress = watch::Sender::new(Progress::default());
-    let bar = ProgressDisplay::start(progress.subscribe(), args.export.is_some());
+    let bar = progress_display(progress.subscribe(), args.export.is_some());
 
     let result = if let Some(export) = &args.export {
         import_export(&target, export, &args.store_dir, &progress).await
@@ -174,7 +174,7 @@ async fn open_target(args: &ImportArgs) -> anyhow::Result<(Target, String)> {
 /// `token_file`; failing that, unless the address or $STOREFRONT_TOKEN
 /// holds one already, the first of the local server's default token file
 /// (so `serve` and `import` on one machine need no setup).
-fn with_token(addr: String, token_file: Option<&Path>) -> anyhow::Result<String> {
+pub(crate) fn with_token(addr: String, token_file: Option<&Path>) -> anyhow::Result<String> {
     let Ok(mut url) = castore::parse_service_address(&addr) else {
         return Ok(addr); // Target::open says what is wrong with it
     };
@@ -314,7 +314,7 @@ fn summary_line(s: &Summary, elapsed: Duration, where_to: &str) -> String {
     )
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -325,57 +325,28 @@ fn human_bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
-/// A progress bar on stderr when it is a terminal; nothing otherwise.
-struct ProgressDisplay {
-    task: Option<(ProgressBar, tokio::task::JoinHandle<()>)>,
-}
-
-impl ProgressDisplay {
-    /// `by_bytes`: the bar follows the bytes read (a stream whose path
-    /// count is unknown until its end), else the paths done.
-    fn start(mut rx: watch::Receiver<Progress>, by_bytes: bool) -> Self {
-        if !std::io::stderr().is_terminal() {
-            return Self { task: None };
-        }
-        let spinner = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template");
-        let paths_bar =
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} paths  {msg}")
-                .expect("valid template");
-        let bytes_bar =
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes}  {msg}")
-                .expect("valid template");
-        let bar = ProgressBar::new(0).with_style(spinner.clone()).with_message("starting");
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let shown = bar.clone();
-        let task = tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let p = rx.borrow_and_update().clone();
-                if by_bytes {
-                    let paths = format!("{} path{}", p.paths_done, if p.paths_done == 1 { "" } else { "s" });
-                    if p.bytes_total > 0 {
-                        shown.set_style(bytes_bar.clone());
-                        shown.set_length(p.bytes_total);
-                        shown.set_position(p.bytes_done);
-                        shown.set_message(paths);
-                    } else {
-                        shown.set_message(format!("{paths}, {} read", human_bytes(p.bytes_done)));
-                    }
-                } else if p.paths_total > 0 {
-                    shown.set_style(paths_bar.clone());
-                    shown.set_length(p.paths_total);
-                    shown.set_position(p.paths_done);
-                    shown.set_message(format!("{} / {}", human_bytes(p.bytes_done), human_bytes(p.bytes_total)));
-                }
+/// The progress bar of an import. `by_bytes`: the bar follows the bytes
+/// read (a stream whose path count is unknown until its end), else the
+/// paths done.
+fn progress_display(rx: watch::Receiver<Progress>, by_bytes: bool) -> ProgressDisplay {
+    let paths_bar = style("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} paths  {msg}");
+    let bytes_bar = style("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes}  {msg}");
+    ProgressDisplay::start(rx, "starting", move |shown, p: &Progress| {
+        if by_bytes {
+            let paths = format!("{} path{}", p.paths_done, if p.paths_done == 1 { "" } else { "s" });
+            if p.bytes_total > 0 {
+                shown.set_style(bytes_bar.clone());
+                shown.set_length(p.bytes_total);
+                shown.set_position(p.bytes_done);
+                shown.set_message(paths);
+            } else {
+                shown.set_message(format!("{paths}, {} read", human_bytes(p.bytes_done)));
             }
-        });
-        Self { task: Some((bar, task)) }
-    }
-
-    async fn finish(self) {
-        if let Some((bar, task)) = self.task {
-            task.abort();
-            let _ = task.await;
-            bar.finish_and_clear();
+        } else if p.paths_total > 0 {
+            shown.set_style(paths_bar.clone());
+            shown.set_length(p.paths_total);
+            shown.set_position(p.paths_done);
+            shown.set_message(format!("{} / {}", human_bytes(p.bytes_done), human_bytes(p.bytes_total)));
         }
-    }
+    })
 }

@@ -4,10 +4,14 @@ use clap::{Parser, Subcommand};
 
 mod auth;
 mod config;
+mod fetch;
 mod image;
 mod import;
 mod metrics;
+mod progress;
 mod serve;
+mod snapshotter;
+mod verify;
 
 #[derive(Parser)]
 #[command(name = "storefront", version, about = "Serve Nix store paths from one content-addressed copy")]
@@ -34,6 +38,12 @@ enum Command {
     /// Load the package index that `pkgs/…` image names resolve through.
     #[command(subcommand)]
     Packages(image::PackagesCommand),
+    /// Materialise store paths with their closures from a store over gRPC.
+    Fetch(fetch::FetchArgs),
+    /// Run a containerd proxy snapshotter that fetches nix layers over gRPC.
+    Snapshotter(snapshotter::SnapshotterArgs),
+    /// Check a store's integrity: every PathInfo's tree, directories and chunks.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +58,8 @@ fn main() -> anyhow::Result<()> {
         Command::Import(args) => runtime.block_on(import::run(args)),
         Command::Image(cmd) => runtime.block_on(image::run_image(cmd)),
         Command::Packages(cmd) => runtime.block_on(image::run_packages(cmd)),
+        Command::Fetch(args) => runtime.block_on(fetch::run(args)),
+        Command::Snapshotter(args) => runtime.block_on(snapshotter::run(args)),
+        Command::Verify(args) => runtime.block_on(verify::run(args)),
     }
 }

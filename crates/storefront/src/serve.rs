@@ -7,7 +7,12 @@
 //! one set of storage services. Around everything sit the metrics layer and
 //! then the auth layer, so every request is counted and checked whatever
 //! protocol it speaks. Every accepted socket gets TCP_NODELAY. SIGTERM or
-//! SIGINT stops accepting and lets open requests finish.
+//! SIGINT stops accepting and lets open requests finish. With a certificate
+//! and key ([`tls`]) the same listener speaks HTTPS instead, for HTTP/1.1,
+//! HTTP/2 and gRPC alike: containerd's transfer service, for one, reaches
+//! registries only over HTTPS.
+mod tls;
+
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -19,8 +24,9 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use store::PathInfoService;
+use tokio_util::either::Either;
 use tower::ServiceExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{auth::Policy, config::ServeConfig, metrics::Metrics};
 
@@ -49,8 +55,13 @@ impl Services {
                     format!("opening PathInfo service {}", castore::grpc::redacted(&cfg.path_info_service_addr))
                 })?;
         let url = castore::parse_service_address(&cfg.metadata_addr)?;
-        let meta: Arc<dyn KvStore> = castore::kv::open_url(&url)?
-            .with_context(|| format!("metadata address {}: must be memory: or redb:PATH", cfg.metadata_addr))?;
+        let meta: Arc<dyn KvStore> = castore::kv::open_url(&url)?.with_context(|| {
+            format!(
+                "metadata address {}: must be a storage engine (memory:, redb:PATH, objectstore+…, cache:…), \
+                 not a gRPC server",
+                castore::grpc::redacted(&cfg.metadata_addr)
+            )
+        })?;
         Ok(Services { blobs, directories, paths, meta })
     }
 }
@@ -157,17 +168,24 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     });
     let app = tower::ServiceBuilder::new().layer(metrics.layer()).layer(policy.layer()).service(dispatch);
 
+    let tls = cfg.tls.as_ref().map(tls::Tls::load).transpose()?;
     // Before the port opens: whoever sees us listening may signal us.
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
+    if let Some(tls) = &tls {
+        tls.reload_on_sighup()?;
+    }
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     info!(
-        listen = %listener.local_addr()?,
+        listen = %local,
+        url = %format!("{scheme}://{local}"),
         data = %cfg.data.display(),
         blobs = %castore::grpc::redacted(&cfg.blob_service_addr),
         directories = %castore::grpc::redacted(&cfg.directory_service_addr),
         path_info = %castore::grpc::redacted(&cfg.path_info_service_addr),
-        "storefront serving gRPC and HTTP"
+        "storefront serving gRPC and HTTP over {scheme}"
     );
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -197,13 +215,23 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        // Everything after accept runs in the connection's own task, the
+        // TLS handshake included: a slow client holds up no one else.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let io = match acceptor {
+                None => Either::Left(stream),
+                Some(acceptor) => match tls::handshake(acceptor, stream).await {
+                    Ok(stream) => Either::Right(stream),
+                    // The client's problem (wrong CA, port scan, plain
+                    // HTTP), not the server's.
+                    Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }

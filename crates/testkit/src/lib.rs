@@ -2,12 +2,14 @@
 //!
 //! It exists so that the test and bench code of `castore`, `store` and the
 //! `storefront` binary write each helper once: the deterministic [`Rng`],
-//! the loader of the reference vectors ([`vectors`]) and the harness of the
-//! benchmarks ([`bench`]). It is a dev-dependency only (`publish = false`)
-//! and depends on no storefront crate, so that `castore` itself can use it
-//! without a dependency cycle; each crate turns the vectors' root entries
-//! into its own types.
+//! the loader of the reference vectors ([`vectors`]), the harness of the
+//! benchmarks ([`bench`]) and a real Garage cluster on loopback
+//! ([`garage`]) for the object-storage tests. It is a dev-dependency only
+//! (`publish = false`) and depends on no storefront crate, so that
+//! `castore` itself can use it without a dependency cycle; each crate turns
+//! the vectors' root entries into its own types.
 pub mod bench;
+pub mod garage;
 mod rng;
 pub mod vectors;
 

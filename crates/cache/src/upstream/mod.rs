@@ -176,6 +176,9 @@ impl Upstreams {
             )));
         }
         let caches = config.upstreams.iter().map(Upstream::new).collect::<Result<_, _>>()?;
+        // https:// upstreams are checked against the bundled Mozilla roots
+        // and the system's (or $SSL_CERT_FILE's): a private cache with its
+        // own CA works once that CA is trusted there.
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)

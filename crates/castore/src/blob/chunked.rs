@@ -419,31 +419,40 @@ fn populate(mem: &mut [std::mem::MaybeUninit<u8>]) {
 
 #[async_trait]
 impl BlobService for ChunkedBlobService {
+    // Every lookup asks for the blob as one chunk first, then for its chunk
+    // list: most blobs (small files) are one chunk and have no list, and a
+    // cache layer in front of object storage answers a present chunk
+    // locally but must ask the far store about every absent record. A digest
+    // that names a chunk names exactly that chunk's bytes, so the answer is
+    // the same in either order.
     async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>> {
-        if let Some(list) = self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
-            return Ok(Some(decode_chunks(&list)?));
+        if self.kv.contains(Table::CHUNKS, digest.as_bytes()).await? {
+            return Ok(Some(Vec::new()));
         }
-        Ok(self.kv.contains(Table::CHUNKS, digest.as_bytes()).await?.then(Vec::new))
+        match self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
+            Some(list) => Ok(Some(decode_chunks(&list)?)),
+            None => Ok(None),
+        }
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
-        if let Some(list) = self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
-            return Ok(Some(Box::new(ChunkedReader::new(decode_chunks(&list)?, self.fetch()))));
+        if let Some(data) = self.kv.get(Table::CHUNKS, digest.as_bytes()).await? {
+            return Ok(Some(Box::new(std::io::Cursor::new(data))));
         }
-        let chunk = self.kv.get(Table::CHUNKS, digest.as_bytes()).await?;
-        Ok(chunk.map(|data| Box::new(std::io::Cursor::new(data)) as BlobReader))
+        match self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
+            Some(list) => Ok(Some(Box::new(ChunkedReader::new(decode_chunks(&list)?, self.fetch())))),
+            None => Ok(None),
+        }
     }
 
     async fn read_from(&self, digest: &B3Digest, offset: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        if let Some(data) = self.kv.get(Table::CHUNKS, digest.as_bytes()).await? {
+            let from = (offset as usize).min(data.len());
+            return Ok(Some(futures::stream::iter([Ok(data.slice(from..))]).boxed()));
+        }
         let chunks = match self.kv.get(Table::BLOBS, digest.as_bytes()).await? {
             Some(list) => decode_chunks(&list)?,
-            None => match self.kv.get(Table::CHUNKS, digest.as_bytes()).await? {
-                Some(data) => {
-                    let from = (offset as usize).min(data.len());
-                    return Ok(Some(futures::stream::iter([Ok(data.slice(from..))]).boxed()));
-                }
-                None => return Ok(None),
-            },
+            None => return Ok(None),
         };
         // The chunks from the one holding `offset`, each with where to start
         // in it; fetched a few ahead, handed out as the stored buffers.

@@ -42,6 +42,9 @@ pub const TOKEN_ENV: &str = "STOREFRONT_TOKEN";
 /// (`grpc+http://:TOKEN@host:port`, any user name) or else
 /// `$STOREFRONT_TOKEN`, goes with every call as `authorization: Bearer
 /// TOKEN`: storefront asks writers (and, if configured, readers) for one.
+/// `grpc+https` trusts the system's CAs, or instead the certificates in the
+/// file `$SSL_CERT_FILE` names (rustls-native-certs reads it): that is how
+/// a server with a private CA is trusted.
 pub fn connect(url: &url::Url) -> Result<Transport> {
     let package = match url.query_pairs().find(|(k, _)| k == "package").map(|(_, v)| v.into_owned()) {
         None => Package::Snix,

@@ -95,6 +95,14 @@ impl Containerd {
     /// Starts containerd in a fresh temporary directory and waits until it
     /// answers. Panics (with its log) when it does not come up.
     pub fn start(namespace: &str) -> Containerd {
+        Self::start_with(namespace, "", &[])
+    }
+
+    /// [`Containerd::start`] with `extra_config` appended to config.toml
+    /// (e.g. `[proxy_plugins.NAME]` tables, the transfer service's
+    /// `unpack_config`) and `env` added to containerd's environment (e.g.
+    /// `SSL_CERT_FILE`).
+    pub fn start_with(namespace: &str, extra_config: &str, env: &[(&str, &str)]) -> Containerd {
         assert_root();
         let containerd = tool("containerd");
         tool("ctr");
@@ -142,6 +150,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
             sock = d.join("containerd.sock").display(),
             opt = d.join("opt").display(),
         );
+        let config = format!("{config}\n{extra_config}\n");
         std::fs::write(d.join("config.toml"), config).expect("config.toml");
         let had_run_dir = Path::new(RUN_DIR).exists();
         let log = File::create(d.join("containerd.log")).expect("containerd.log");
@@ -150,6 +159,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
             .arg(d.join("config.toml"))
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

@@ -2,8 +2,10 @@
 //! process on a loopback port, a deterministic PRNG, and small gRPC helpers.
 #![allow(dead_code)]
 
+pub mod fetch;
 pub mod nix;
 pub mod skopeo;
+pub mod tls;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -75,6 +77,18 @@ impl Server {
     }
 
     fn start_with(data: Option<&Path>, extra: &[&str], anonymous_writes: bool) -> Server {
+        Self::start_probed(data, extra, anonymous_writes, &[], &answers_http)
+    }
+
+    /// Spawns `serve` with `env` added to its environment and waits until
+    /// `ready(addr)` (its /healthz answers).
+    fn start_probed(
+        data: Option<&Path>,
+        extra: &[&str],
+        anonymous_writes: bool,
+        env: &[(&str, &str)],
+        ready: &dyn Fn(SocketAddr) -> bool,
+    ) -> Server {
         let scratch = tempfile::tempdir().expect("temp dir");
         let data = data.map(Path::to_path_buf).unwrap_or_else(|| scratch.path().join("data"));
         let anonymous_writes = anonymous_writes && !extra.contains(&"--write-token-file");
@@ -112,6 +126,7 @@ impl Server {
                 .env_remove("STOREFRONT_NAR_COMPRESSION")
                 .env_remove("STOREFRONT_PRIORITY")
                 .env_remove("STOREFRONT_STORE_DIR")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("log file"))
                 .stderr(log_file)
@@ -126,7 +141,7 @@ impl Server {
                     }
                     panic!("storefront exited during start-up with {status}; its log:\n{last_log}");
                 }
-                if let Ok((200, _)) = http_get(addr, "/healthz") {
+                if ready(addr) {
                     return Server { child: Some(child), addr, data, log, _scratch: scratch };
                 }
                 if Instant::now() > deadline {
@@ -215,6 +230,51 @@ impl Server {
     }
 }
 
+/// Servers speaking HTTPS on their one port (`serve --tls-cert --tls-key`).
+impl Server {
+    /// A server with a fresh CA and certificate for 127.0.0.1, ::1 and
+    /// localhost; like [`Server::start_args`], it accepts anonymous writes
+    /// unless `extra` names a `--write-token-file`. Clients trust
+    /// [`tls::TlsFiles::ca`].
+    pub fn start_tls(extra: &[&str]) -> (Server, tls::TlsFiles) {
+        let files = tls::TlsFiles::generate();
+        let server = Self::start_tls_with(&files, None, extra);
+        (server, files)
+    }
+
+    /// A server with the given certificate files, on the caller's data
+    /// directory if given.
+    pub fn start_tls_with(files: &tls::TlsFiles, data: Option<&Path>, extra: &[&str]) -> Server {
+        let tls_args = files.serve_args();
+        let mut args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        Self::start_env(Some(&files.ca), data, &args, &[])
+    }
+
+    /// A server with `env` added to its environment (e.g. `SSL_CERT_FILE`
+    /// for its `--upstream` caches). With `ca`, its TLS settings come from
+    /// `extra` (flags or a `--config` file) and start-up is probed over
+    /// HTTPS trusting the certificates in `ca`; without, over plain HTTP.
+    pub fn start_env(ca: Option<&Path>, data: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        match ca {
+            Some(ca) => Self::start_probed(data, extra, true, env, &|addr| {
+                tls::try_https_request(addr, ca, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+            }),
+            None => Self::start_probed(data, extra, true, env, &answers_http),
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// `grpc+https://127.0.0.1:PORT`, for our client backends.
+    pub fn grpcs_url(&self) -> String {
+        format!("grpc+https://{}", self.addr)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -225,6 +285,11 @@ impl Drop for Server {
             eprintln!("--- storefront log ({}) ---\n{}--- end of log ---", self.addr, self.log());
         }
     }
+}
+
+/// Whether a plain-HTTP server answers `/healthz` with 200.
+fn answers_http(addr: SocketAddr) -> bool {
+    matches!(http_get(addr, "/healthz"), Ok((200, _)))
 }
 
 /// A loopback address with a port that was free a moment ago.

@@ -1,0 +1,989 @@
+//! Export: a node written back to disk as a new path, atomically.
+//!
+//! [`stage`] builds the tree in a temporary sibling of the target: only new
+//! entries, created by validated names inside directories it just made, so
+//! nothing is written through a symlink or outside the tree. Every file's
+//! contents are checked against their digest and size, whether fetched from
+//! the [`BlobService`] or copied from identical files already on disk
+//! ([`LocalFiles`]: opened without following symlinks and hashed while
+//! copied). The caller may inspect the staged tree (the fetcher hashes it as
+//! a NAR) before [`Staged::commit`] renames it into place without replacing
+//! anything. A stage that fails or is cancelled (its future dropped), and a
+//! staged tree that is dropped, remove the temporary tree: the target
+//! appears whole or not at all.
+//!
+//! [`export`] is stage-and-commit with owner-writable modes.
+use std::{
+    collections::HashMap,
+    ffi::{CString, OsStr},
+    fs::File,
+    io::{Read, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{
+            ffi::OsStrExt,
+            fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        },
+    },
+    path::{Component, Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Batcher, SMALL_FILE};
+use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Node, Result};
+
+/// Jobs (a large file, or a batch of small ones) run at the same time.
+const PARALLEL_JOBS: usize = 4;
+/// Small blobs of one batch fetched at the same time.
+const PARALLEL_READS: usize = 4;
+/// Buffer for streaming a large file (fetched or copied).
+const COPY_BUFFER: usize = 256 << 10;
+/// Longest part of the target's name kept in its temporary sibling's name,
+/// so that the latter stays under the 255-byte limit of a file name.
+const TEMP_NAME_KEEP: usize = 200;
+
+/// How a tree is laid out on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Owner-writable: files 0644 (0755 when executable), directories as
+    /// created (0755 under the usual umask), times of writing.
+    #[default]
+    Writable,
+    /// Nix's store conventions, what Nix's canonicalisation leaves: files
+    /// 0444 (0555 when executable), directories 0555 once filled, and the
+    /// modification time 1 (one second after the epoch) on every entry,
+    /// symlinks included.
+    NixStore,
+}
+
+impl Layout {
+    fn file_mode(self, executable: bool) -> u32 {
+        match (self, executable) {
+            (Layout::Writable, false) => 0o644,
+            (Layout::Writable, true) => 0o755,
+            (Layout::NixStore, false) => 0o444,
+            (Layout::NixStore, true) => 0o555,
+        }
+    }
+}
+
+/// A file on disk that may hold some contents already: `rel` below the
+/// directory `dir`. `dir` is trusted as given; `rel` is resolved one
+/// component at a time without following symlinks, so a tree that is not
+/// what its directory listing claimed cannot redirect the read elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LocalFile {
+    pub dir: PathBuf,
+    pub rel: PathBuf,
+}
+
+/// Where identical file contents may already be on disk (other store paths,
+/// files staged earlier), so they are copied instead of fetched. A
+/// candidate is used only if it is a regular file of the right size whose
+/// BLAKE3 is the digest; otherwise the next one is tried, then the blob
+/// service.
+pub trait LocalFiles: Send + Sync {
+    fn find(&self, digest: &B3Digest) -> Vec<LocalFile>;
+}
+
+/// Where bytes written by a stage came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the blob service.
+    Fetched,
+    /// Copied from a [`LocalFile`].
+    Copied,
+}
+
+/// Told about bytes as they are written (for progress displays).
+pub type OnBytes = Arc<dyn Fn(Source, u64) + Send + Sync>;
+
+/// How [`stage`] writes a tree.
+#[derive(Clone, Default)]
+pub struct ExportOptions {
+    pub layout: Layout,
+    pub local: Option<Arc<dyn LocalFiles>>,
+    pub on_bytes: Option<OnBytes>,
+}
+
+/// A regular file of a staged tree: where it is below the tree's root (empty
+/// when the root is the file), and its contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedFile {
+    pub rel: PathBuf,
+    pub digest: B3Digest,
+    pub size: u64,
+}
+
+/// Bytes of file contents a stage wrote, by where they came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    pub fetched: u64,
+    pub copied: u64,
+}
+
+/// What [`Staged::commit`] found at the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// The staged tree is now the target.
+    Created,
+    /// Something appeared at the target meanwhile (another writer of the same
+    /// path won); it was left alone and the staged tree removed.
+    Exists,
+}
+
+/// A tree written completely to a temporary sibling of its target.
+pub struct Staged {
+    tree: TempTree,
+    target: PathBuf,
+    files: Vec<StagedFile>,
+    stats: ExportStats,
+}
+
+impl Staged {
+    /// The staged tree, to be inspected before it is committed.
+    pub fn path(&self) -> &Path {
+        &self.tree.path
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The regular files written, in no particular order.
+    pub fn files(&self) -> &[StagedFile] {
+        &self.files
+    }
+
+    pub fn stats(&self) -> ExportStats {
+        self.stats
+    }
+
+    /// Renames the tree to its target, never replacing anything there.
+    pub fn commit(mut self) -> Result<Commit> {
+        match rename_noreplace(&self.tree.path, &self.target) {
+            Ok(()) => {
+                self.tree.armed = false;
+                Ok(Commit::Created)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Commit::Exists),
+            Err(e) => Err(Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("renaming {} to {}: {e}", self.tree.path.display(), self.target.display()),
+            ))),
+        }
+    }
+
+    /// Removes the staged tree off the async workers (dropping it removes
+    /// it too, on the current thread).
+    pub async fn discard(mut self) {
+        let path = self.tree.path.clone();
+        self.tree.armed = false;
+        self.tree.gate.close();
+        let _ = tokio::task::spawn_blocking(move || remove_tree(&path)).await;
+    }
+}
+
+/// The temporary tree of a stage, removed on drop unless committed.
+///
+/// Blocking writers may still be running when a stage is dropped (a
+/// cancelled fetch): they create every entry through the tree's [`Gate`],
+/// which the removal closes first, so no entry (not even the tree's root)
+/// appears after the removal has begun.
+struct TempTree {
+    path: PathBuf,
+    gate: Arc<Gate>,
+    armed: bool,
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        if self.armed {
+            self.gate.close();
+            remove_tree(&self.path);
+        }
+    }
+}
+
+/// Guards the creation of entries in a temporary tree against its removal.
+#[derive(Default)]
+struct Gate(std::sync::Mutex<bool>);
+
+impl Gate {
+    /// Runs `create` (which makes one entry) unless the tree is being
+    /// removed; holding the lock while it runs, so a removal waits for it.
+    fn create<T>(&self, create: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        let closed = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(cancelled_error());
+        }
+        create()
+    }
+
+    fn close(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// A process-wide counter: two stages of one target (two tasks) never share
+/// a temporary name, and the pid keeps processes apart.
+static STAGES: AtomicU64 = AtomicU64::new(0);
+
+/// `.<name>.tmp-<pid>-<n>`: hidden, and never a valid store path name (those
+/// cannot start with a dot), so Nix and the fetcher never take it for one.
+fn temp_name(name: &OsStr) -> std::ffi::OsString {
+    let bytes = name.as_bytes();
+    let kept = OsStr::from_bytes(&bytes[..bytes.len().min(TEMP_NAME_KEEP)]);
+    let mut out = std::ffi::OsString::from(".");
+    out.push(kept);
+    out.push(format!(".tmp-{}-{}", std::process::id(), STAGES.fetch_add(1, Ordering::Relaxed)));
+    out
+}
+
+/// Removes a file, symlink or tree, making directories writable first (a
+/// tree laid out read-only cannot be emptied otherwise). Best effort: a
+/// writer still finishing its last entry may need a second pass.
+fn remove_tree(path: &Path) {
+    for _ in 0..3 {
+        let removed = match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => false,
+            Ok(m) if m.is_dir() => {
+                make_writable(path);
+                std::fs::remove_dir_all(path).is_ok()
+            }
+            Ok(_) => std::fs::remove_file(path).is_ok(),
+        };
+        if removed {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!(path = %path.display(), "could not remove a temporary tree");
+}
+
+fn make_writable(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&entry.path());
+            }
+        }
+    }
+}
+
+fn cancelled_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::Interrupted, "export cancelled")
+}
+
+/// Writes `node` as the new path `target` (which must not exist), with
+/// [`Layout::Writable`] modes: see [`stage`].
+pub async fn export(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    node: &Node,
+    target: &Path,
+) -> Result<()> {
+    if tokio::fs::symlink_metadata(target).await.is_ok() {
+        return Err(Error::InvalidRequest(format!("{} already exists", target.display())));
+    }
+    match stage(blobs, directories, node, target, &ExportOptions::default()).await?.commit()? {
+        Commit::Created => Ok(()),
+        Commit::Exists => Err(Error::InvalidRequest(format!("{} already exists", target.display()))),
+    }
+}
+
+/// Writes `node` completely as a temporary sibling of `target`, for
+/// [`Staged::commit`] to rename into place (see the module documentation).
+///
+/// A directory root's recorded size must fit the directory closure (it
+/// bounds how many entries the tree expands to, shared subdirectories
+/// counted each time).
+pub async fn stage(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    node: &Node,
+    target: &Path,
+    options: &ExportOptions,
+) -> Result<Staged> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::InvalidRequest(format!("{}: not a path to create", target.display())))?;
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tree = TempTree { path: parent.join(temp_name(name)), gate: Arc::default(), armed: true };
+    let writer = Writer {
+        blobs,
+        options,
+        root: tree.path.clone(),
+        gate: tree.gate.clone(),
+        fetched: AtomicU64::new(0),
+        copied: AtomicU64::new(0),
+        files: Mutex::new(Vec::new()),
+    };
+    writer.write_root(directories, node).await?;
+    let stats =
+        ExportStats { fetched: writer.fetched.load(Ordering::Relaxed), copied: writer.copied.load(Ordering::Relaxed) };
+    let files = writer.files.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(Staged { tree, target: target.to_owned(), files, stats })
+}
+
+/// A file to write: digest, size, executable, path below the root.
+type PlannedFile = (B3Digest, u64, bool, PathBuf);
+
+/// Everything below a directory root, in the order it is created.
+#[derive(Default)]
+struct Plan {
+    /// Parents before children, the root (empty path) first.
+    dirs: Vec<PathBuf>,
+    symlinks: Vec<(PathBuf, Bytes)>,
+    files: Vec<PlannedFile>,
+}
+
+impl Plan {
+    /// Expands the closure from `root`: every entry by its path, shared
+    /// subdirectories once per place they appear.
+    fn expand(all: &HashMap<B3Digest, Directory>, root: &B3Digest) -> Result<Plan> {
+        let mut plan = Plan::default();
+        let mut stack = vec![(*root, PathBuf::new())];
+        while let Some((digest, rel)) = stack.pop() {
+            let dir = all
+                .get(&digest)
+                .ok_or_else(|| Error::Storage(format!("directory {digest} missing from the closure")))?;
+            for (name, child) in dir.entries() {
+                let child_rel = rel.join(OsStr::from_bytes(name.as_bytes()));
+                match child {
+                    Node::Directory { digest, .. } => stack.push((*digest, child_rel)),
+                    Node::Symlink { target } => plan.symlinks.push((child_rel, target.clone())),
+                    Node::File { digest, size, executable } => {
+                        plan.files.push((*digest, *size, *executable, child_rel))
+                    }
+                }
+            }
+            plan.dirs.push(rel);
+        }
+        Ok(plan)
+    }
+}
+
+struct Writer<'a> {
+    blobs: &'a dyn BlobService,
+    options: &'a ExportOptions,
+    root: PathBuf,
+    gate: Arc<Gate>,
+    fetched: AtomicU64,
+    copied: AtomicU64,
+    files: Mutex<Vec<StagedFile>>,
+}
+
+impl Writer<'_> {
+    fn layout(&self) -> Layout {
+        self.options.layout
+    }
+
+    fn count(&self, source: Source, n: u64) {
+        match source {
+            Source::Fetched => self.fetched.fetch_add(n, Ordering::Relaxed),
+            Source::Copied => self.copied.fetch_add(n, Ordering::Relaxed),
+        };
+        if let Some(f) = &self.options.on_bytes {
+            f(source, n);
+        }
+    }
+
+    fn candidates(&self, digest: &B3Digest) -> Vec<LocalFile> {
+        self.options.local.as_ref().map(|l| l.find(digest)).unwrap_or_default()
+    }
+
+    fn written(&self, rel: PathBuf, digest: B3Digest, size: u64) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).push(StagedFile { rel, digest, size });
+    }
+
+    async fn write_root(&self, directories: &dyn DirectoryService, node: &Node) -> Result<()> {
+        match node {
+            Node::File { digest, size, executable } => {
+                self.write_large(*digest, *size, *executable, PathBuf::new()).await
+            }
+            Node::Symlink { target } => {
+                let (root, target, layout, gate) =
+                    (self.root.clone(), target.clone(), self.layout(), self.gate.clone());
+                blocking(move || {
+                    gate.create(|| std::os::unix::fs::symlink(OsStr::from_bytes(&target), &root))?;
+                    if layout == Layout::NixStore {
+                        set_mtime_nofollow(&root)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            Node::Directory { digest, size } => {
+                let all: HashMap<B3Digest, Directory> =
+                    directories.get_recursive(digest).map_ok(|d| (d.digest(), d)).try_collect().await?;
+                match all.get(digest) {
+                    Some(d) if d.size_matches(*size) => {}
+                    Some(d) => {
+                        return Err(Error::Storage(format!(
+                            "directory {digest} does not fit its recorded size {size} (it has {})",
+                            d.size()
+                        )));
+                    }
+                    None => return Err(Error::Storage(format!("directory {digest} missing from its closure"))),
+                }
+                let plan = Plan::expand(&all, digest)?;
+                self.write_tree(plan).await
+            }
+        }
+    }
+
+    async fn write_tree(&self, plan: Plan) -> Result<()> {
+        let Plan { dirs, symlinks, files } = plan;
+        // Directories and symlinks in one trip to the blocking pool.
+        let (root, gate) = (self.root.clone(), self.gate.clone());
+        let (dirs, symlinks) = blocking(move || {
+            for d in &dirs {
+                gate.create(|| std::fs::create_dir(below(&root, d)))?;
+            }
+            for (s, target) in &symlinks {
+                gate.create(|| std::os::unix::fs::symlink(OsStr::from_bytes(target), below(&root, s)))?;
+            }
+            Ok((dirs, symlinks))
+        })
+        .await?;
+
+        let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= SMALL_FILE);
+        let mut batcher = Batcher::new();
+        let mut batches: Vec<Vec<PlannedFile>> = small
+            .into_iter()
+            .filter_map(|f| {
+                let size = f.1;
+                batcher.push(f, size)
+            })
+            .collect();
+        batches.extend(batcher.finish());
+        enum Job {
+            Small(Vec<PlannedFile>),
+            Large(PlannedFile),
+        }
+        let jobs = batches.into_iter().map(Job::Small).chain(large.into_iter().map(Job::Large));
+        futures::stream::iter(jobs)
+            .map(|job| async move {
+                match job {
+                    Job::Small(batch) => self.write_small(batch).await,
+                    Job::Large((digest, size, exec, rel)) => self.write_large(digest, size, exec, rel).await,
+                }
+            })
+            .buffer_unordered(PARALLEL_JOBS)
+            .try_collect::<()>()
+            .await?;
+
+        if self.layout() == Layout::NixStore {
+            // Directories last, deepest first: creating an entry changes its
+            // directory's time, and a read-only directory takes no entries.
+            let root = self.root.clone();
+            blocking(move || {
+                for (s, _) in &symlinks {
+                    set_mtime_nofollow(&below(&root, s))?;
+                }
+                for d in dirs.iter().rev() {
+                    let path = below(&root, d);
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
+                    set_mtime_nofollow(&path)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Small files: identical local files read (one trip to the blocking
+    /// pool), the rest fetched, then all written in one more trip.
+    async fn write_small(&self, batch: Vec<PlannedFile>) -> Result<()> {
+        let candidates: Vec<Vec<LocalFile>> = batch.iter().map(|f| self.candidates(&f.0)).collect();
+        let mut local: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
+        if candidates.iter().any(|c| !c.is_empty()) {
+            let wanted: Vec<(B3Digest, u64)> = batch.iter().map(|f| (f.0, f.1)).collect();
+            local =
+                blocking(move || Ok(wanted.iter().zip(&candidates).map(|((d, s), c)| read_local(c, d, *s)).collect()))
+                    .await?;
+        }
+        let contents: Vec<(Vec<u8>, Source, PlannedFile)> = futures::stream::iter(batch.into_iter().zip(local))
+            .map(|(f, local)| async move {
+                match local {
+                    Some(data) => Ok::<_, Error>((data, Source::Copied, f)),
+                    None => {
+                        let path = below(&self.root, &f.3);
+                        Ok((read_blob(self.blobs, &f.0, f.1, &path).await?, Source::Fetched, f))
+                    }
+                }
+            })
+            .buffered(PARALLEL_READS)
+            .try_collect()
+            .await?;
+        let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
+        let contents = blocking(move || {
+            for (data, _, (_, _, exec, rel)) in &contents {
+                let mode = layout.file_mode(*exec);
+                let mut file = gate.create(|| {
+                    std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(below(&root, rel))
+                })?;
+                file.write_all(data)?;
+                finish_file(&file, mode, layout)?;
+            }
+            Ok(contents)
+        })
+        .await?;
+        for (data, source, (digest, size, _, rel)) in contents {
+            self.count(source, data.len() as u64);
+            self.written(rel, digest, size);
+        }
+        Ok(())
+    }
+
+    /// A large file (or the root file): copied from an identical local file
+    /// if there is one, else streamed from the blob service; hashed either
+    /// way.
+    async fn write_large(&self, digest: B3Digest, size: u64, executable: bool, rel: PathBuf) -> Result<()> {
+        let path = below(&self.root, &rel);
+        let layout = self.layout();
+        let mode = layout.file_mode(executable);
+        let candidates = self.candidates(&digest);
+        let (created, gate) = (path.clone(), self.gate.clone());
+        let (file, copied) = blocking(move || {
+            let file = gate.create(|| {
+                std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&created)
+            })?;
+            let copied = copy_local(&candidates, &digest, size, &file);
+            Ok((file, copied))
+        })
+        .await?;
+        let file = if copied {
+            self.count(Source::Copied, size);
+            file
+        } else {
+            self.fetch_into(file, &digest, size, &path).await?
+        };
+        blocking(move || finish_file(&file, mode, layout)).await?;
+        self.written(rel, digest, size);
+        Ok(())
+    }
+
+    /// Streams a blob into `file`, checking its digest and size.
+    async fn fetch_into(&self, file: File, digest: &B3Digest, size: u64, path: &Path) -> Result<File> {
+        let mut reader = open_blob(self.blobs, digest, path).await?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if written > size {
+                break; // longer than recorded: refused below, without writing more
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await?;
+            self.count(Source::Fetched, n as u64);
+        }
+        file.flush().await?;
+        check_read_back(digest, &B3Digest::from(hasher.finalize()), written, size, path)?;
+        Ok(file.into_std().await)
+    }
+}
+
+/// `rel` below `root`; the root itself for an empty `rel` (where `join`
+/// would add a trailing slash, which a file's path cannot have).
+fn below(root: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() { root.to_owned() } else { root.join(rel) }
+}
+
+/// Runs blocking filesystem work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(Error::storage)?
+}
+
+/// Mode and, for the Nix layout, time of a written file.
+fn finish_file(file: &File, mode: u32, layout: Layout) -> Result<()> {
+    // The umask may have narrowed the mode.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if layout == Layout::NixStore {
+        file.set_times(std::fs::FileTimes::new().set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1)))?;
+    }
+    Ok(())
+}
+
+/// Sets the modification time to 1 without following a symlink (the link
+/// itself gets it); the access time is left alone.
+fn set_mtime_nofollow(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: 1, tv_nsec: 0 }];
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat wants.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `rel` below `dir` for reading, one component at a time, never
+/// following a symlink and never leaving `dir` (only plain components).
+/// Opening the last component does not block on a fifo.
+fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<File> {
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a plain relative path");
+    let parts: Vec<&OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(invalid()),
+        })
+        .collect::<std::io::Result<_>>()?;
+    if parts.is_empty() {
+        return Err(invalid());
+    }
+    let mut fd: OwnedFd = File::open(dir)?.into();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let c = CString::new(part.as_bytes()).map_err(|_| invalid())?;
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
+        // SAFETY: openat on a directory fd we own with a NUL-terminated name.
+        let raw = unsafe { libc::openat(fd.as_raw_fd(), c.as_ptr(), flags) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    }
+    Ok(File::from(fd))
+}
+
+/// Opens a candidate that is a regular file of `size` bytes.
+fn open_candidate(c: &LocalFile, size: u64) -> Option<File> {
+    let file = open_beneath(&c.dir, &c.rel).ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.is_file() && meta.size() == size).then_some(file)
+}
+
+/// The contents of the first candidate that holds `digest` (small files).
+fn read_local(candidates: &[LocalFile], digest: &B3Digest, size: u64) -> Option<Vec<u8>> {
+    candidates.iter().find_map(|c| {
+        let file = open_candidate(c, size)?;
+        let mut data = Vec::with_capacity(size as usize);
+        file.take(size + 1).read_to_end(&mut data).ok()?;
+        (data.len() as u64 == size && B3Digest::of(&data) == *digest).then_some(data)
+    })
+}
+
+/// Fills `dst` (new and empty) from the first candidate that holds
+/// `digest`: a reflink where the filesystem shares extents, a copy
+/// otherwise, and either way the bytes in `dst` hashed. Leaves `dst` empty
+/// and returns false when no candidate fits.
+fn copy_local(candidates: &[LocalFile], digest: &B3Digest, size: u64, dst: &File) -> bool {
+    for c in candidates {
+        let Some(src) = open_candidate(c, size) else { continue };
+        // SAFETY: FICLONE between two descriptors we hold; it only shares extents.
+        let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+        let fits = if cloned { hash_file(dst, size) } else { copy_hashed(&src, dst, size) };
+        if fits.is_ok_and(|d| d == *digest) {
+            return true;
+        }
+        if dst.set_len(0).is_err() {
+            return false;
+        }
+    }
+    false
+}
+
+fn hash_file(file: &File, size: u64) -> std::io::Result<B3Digest> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    if offset != size {
+        return Err(std::io::Error::other("changed size"));
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn copy_hashed(src: &File, dst: &File, size: u64) -> std::io::Result<B3Digest> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut offset = 0u64;
+    while offset < size {
+        let want = ((size - offset) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            return Err(std::io::Error::other("changed size"));
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all_at(&buf[..n], offset)?;
+        offset += n as u64;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Opens the blob to be written at `path`.
+async fn open_blob(blobs: &dyn BlobService, digest: &B3Digest, path: &Path) -> Result<crate::BlobReader> {
+    blobs
+        .open_read(digest)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))
+}
+
+/// Refuses contents that are not the blob the directory names.
+fn check_read_back(digest: &B3Digest, actual: &B3Digest, len: u64, size: u64, path: &Path) -> Result<()> {
+    if actual != digest || len != size {
+        return Err(Error::Storage(format!(
+            "blob {digest} read back as {actual} ({len} bytes, expected {size}) for {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a whole blob of known size and checks it.
+async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
+    let reader = open_blob(blobs, digest, path).await?;
+    let mut data = Vec::with_capacity(size as usize);
+    reader.take(size + 1).read_to_end(&mut data).await?;
+    check_read_back(digest, &B3Digest::of(&data), data.len() as u64, size, path)?;
+    Ok(data)
+}
+
+/// Renames without replacing anything that appeared at `to` meanwhile
+/// (`AlreadyExists` then). On a filesystem without `RENAME_NOREPLACE` it
+/// checks first, which only a writer racing in between can defeat (and
+/// a rename never replaces a non-empty directory).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let invalid = |e: std::ffi::NulError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(invalid)?;
+    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(invalid)?;
+    // SAFETY: both are valid NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(std::io::ErrorKind::AlreadyExists.into());
+        }
+        return std::fs::rename(from, to);
+    }
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+    use crate::{blob::ChunkedBlobService, dirsvc::KvDirectoryService, kv::MemoryStore};
+
+    fn services() -> (ChunkedBlobService, KvDirectoryService) {
+        let kv: Arc<dyn crate::kv::KvStore> = Arc::new(MemoryStore::new());
+        (ChunkedBlobService::new(kv.clone()), KvDirectoryService::new(kv))
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// Bytes that are not all alike, so chunk boundaries fall inside them.
+    fn noise(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+    }
+
+    /// A tree with a large executable file, a small file, an empty
+    /// directory and a symlink; its root node.
+    async fn sample(blobs: &ChunkedBlobService, dirs: &KvDirectoryService, big: &[u8]) -> Node {
+        let big_digest = blobs.put_bytes(Bytes::copy_from_slice(big), None).await.unwrap();
+        let small = blobs.put_bytes(Bytes::from_static(b"small\n"), None).await.unwrap();
+        let empty = Directory::default();
+        dirs.put(empty.clone()).await.unwrap();
+        let mut sub = Directory::default();
+        sub.add(Name::new("big").unwrap(), Node::File { digest: big_digest, size: big.len() as u64, executable: true })
+            .unwrap();
+        sub.add(Name::new("empty").unwrap(), Node::Directory { digest: empty.digest(), size: empty.size() }).unwrap();
+        let mut root = Directory::default();
+        root.add(Name::new("link").unwrap(), Node::Symlink { target: "sub/big".into() }).unwrap();
+        root.add(Name::new("small").unwrap(), Node::File { digest: small, size: 6, executable: false }).unwrap();
+        root.add(Name::new("sub").unwrap(), Node::Directory { digest: sub.digest(), size: sub.size() }).unwrap();
+        let digest = dirs.put_closure(vec![sub.clone(), root.clone()]).await.unwrap();
+        Node::Directory { digest, size: root.size() }
+    }
+
+    use crate::Name;
+
+    /// Copied contents are counted as copied, wrong candidates are passed
+    /// over (fetched instead), and the tree is laid out as Nix's store.
+    struct Offer(Vec<LocalFile>);
+    impl LocalFiles for Offer {
+        fn find(&self, _: &B3Digest) -> Vec<LocalFile> {
+            self.0.clone()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn nix_layout_with_local_copies() {
+        let (blobs, dirs) = services();
+        let big = noise(3 << 20, 1);
+        let node = sample(&blobs, &dirs, &big).await;
+        let tmp = tempfile::tempdir().unwrap();
+        // Candidates: a symlink to the right bytes (never followed), a file
+        // of the right size with other bytes, then the right file.
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("big"), &big).unwrap();
+        std::fs::write(outside.join("small"), b"small\n").unwrap();
+        let local = tmp.path().join("local");
+        std::fs::create_dir(&local).unwrap();
+        std::os::unix::fs::symlink(&outside, local.join("via-link")).unwrap();
+        std::fs::write(local.join("wrong"), noise(3 << 20, 2)).unwrap();
+        std::fs::write(local.join("wrong-small"), b"SMALL\n").unwrap();
+        std::fs::write(local.join("right"), &big).unwrap();
+        let offer = |names: &[&str]| -> Arc<dyn LocalFiles> {
+            Arc::new(Offer(names.iter().map(|n| LocalFile { dir: local.clone(), rel: n.into() }).collect()))
+        };
+        let seen = Arc::new(AtomicU64::new(0));
+        let counted = seen.clone();
+        let options = ExportOptions {
+            layout: Layout::NixStore,
+            local: Some(offer(&["via-link/big", "via-link/small", "wrong", "wrong-small", "right"])),
+            on_bytes: Some(Arc::new(move |_, n| {
+                counted.fetch_add(n, Ordering::Relaxed);
+            })),
+        };
+        let target = tmp.path().join("store/out");
+        std::fs::create_dir(tmp.path().join("store")).unwrap();
+        let staged = stage(&blobs, &dirs, &node, &target, &options).await.unwrap();
+        // The big file came from `right`; the small one from no candidate.
+        assert_eq!(staged.stats(), ExportStats { fetched: 6, copied: big.len() as u64 });
+        assert_eq!(seen.load(Ordering::Relaxed), 6 + big.len() as u64);
+        assert_eq!(staged.files().len(), 2);
+        assert_eq!(staged.commit().unwrap(), Commit::Created);
+        assert_eq!(entries(&tmp.path().join("store")), vec!["out"]);
+
+        assert_eq!(std::fs::read(target.join("sub/big")).unwrap(), big);
+        let meta = |p: &str| std::fs::symlink_metadata(target.join(p)).unwrap();
+        for (p, mode) in [("", 0o555), ("sub", 0o555), ("sub/empty", 0o555), ("sub/big", 0o555), ("small", 0o444)] {
+            assert_eq!(meta(p).mode() & 0o7777, mode, "mode of {p:?}");
+        }
+        for p in ["", "sub", "sub/empty", "sub/big", "small", "link"] {
+            assert_eq!(meta(p).mtime(), 1, "mtime of {p:?}");
+        }
+        assert_eq!(std::fs::read_link(target.join("link")).unwrap(), Path::new("sub/big"));
+    }
+
+    /// A second writer of the same target loses without touching the
+    /// winner's tree, and its own temporary tree is gone.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn commit_never_replaces() {
+        let (blobs, dirs) = services();
+        let node = sample(&blobs, &dirs, &noise(1000, 3)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("out");
+        let options = ExportOptions { layout: Layout::NixStore, ..ExportOptions::default() };
+        let first = stage(&blobs, &dirs, &node, &target, &options).await.unwrap();
+        let second = stage(&blobs, &dirs, &node, &target, &options).await.unwrap();
+        assert_ne!(first.path(), second.path());
+        assert_eq!(first.commit().unwrap(), Commit::Created);
+        let inode = std::fs::metadata(&target).unwrap().ino();
+        assert_eq!(second.commit().unwrap(), Commit::Exists);
+        assert_eq!(std::fs::metadata(&target).unwrap().ino(), inode);
+        assert_eq!(entries(tmp.path()), vec!["out"]);
+        // A discarded read-only tree is removed too.
+        let third = stage(&blobs, &dirs, &node, &target, &options).await.unwrap();
+        third.discard().await;
+        assert_eq!(entries(tmp.path()), vec!["out"]);
+    }
+
+    /// A blob service that never answers for one digest.
+    struct Stuck {
+        inner: ChunkedBlobService,
+        stuck: B3Digest,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobService for Stuck {
+        async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<crate::ChunkMeta>>> {
+            self.inner.stat(digest).await
+        }
+        async fn open_read(&self, digest: &B3Digest) -> Result<Option<crate::BlobReader>> {
+            if *digest == self.stuck {
+                std::future::pending::<()>().await;
+            }
+            self.inner.open_read(digest).await
+        }
+        async fn put(
+            &self,
+            reader: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+            expected: Option<&B3Digest>,
+        ) -> Result<B3Digest> {
+            self.inner.put(reader, expected).await
+        }
+    }
+
+    /// A stage dropped half-way (a cancelled fetch) leaves nothing.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cancelled_stage_leaves_nothing() {
+        let (blobs, dirs) = services();
+        let big = noise(2 << 20, 4);
+        let node = sample(&blobs, &dirs, &big).await;
+        let stuck = Stuck { inner: blobs, stuck: B3Digest::of(&big) };
+        let tmp = tempfile::tempdir().unwrap();
+        let options = ExportOptions { layout: Layout::NixStore, ..ExportOptions::default() };
+        let target = tmp.path().join("out");
+        let staging = stage(&stuck, &dirs, &node, &target, &options);
+        assert!(tokio::time::timeout(Duration::from_millis(500), staging).await.is_err());
+        assert!(entries(tmp.path()).is_empty(), "left behind: {:?}", entries(tmp.path()));
+    }
+
+    #[test]
+    fn temporary_names_are_hidden_unique_and_short() {
+        let long = "x".repeat(244);
+        let a = temp_name(OsStr::new(&long));
+        let b = temp_name(OsStr::new(&long));
+        assert_ne!(a, b);
+        assert!(a.as_bytes().starts_with(b".xxx"));
+        assert!(a.len() < 255, "{}", a.len());
+    }
+
+    #[test]
+    fn open_beneath_refuses_symlinks_and_climbing() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::fs::write(tmp.path().join("real/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("real/f", tmp.path().join("flink")).unwrap();
+        assert!(open_beneath(tmp.path(), Path::new("real/f")).is_ok());
+        for bad in ["link/f", "flink", "real/../real/f", "/etc/passwd", ""] {
+            assert!(open_beneath(tmp.path(), Path::new(bad)).is_err(), "{bad} was opened");
+        }
+    }
+}
