@@ -5,9 +5,9 @@
 //! - [`Fetcher`] walks the closure of the roots through PathInfo
 //!   references, skips paths present in the target directory, and writes
 //!   the others several at a time: directory closures with one recursive
-//!   Get, blobs streamed (chunk by chunk where the store chunks them) or
-//!   copied from identical files already on disk, everything checked
-//!   against its digest. Each path is built beside its target, hashed as a
+//!   Get, blobs streamed (chunk by chunk where the store chunks them), or
+//!   identical files already on disk hard-linked or copied, everything
+//!   checked against its digest. Each path is built beside its target, hashed as a
 //!   NAR from disk and compared with its PathInfo (and, with trusted keys,
 //!   its signature), then renamed into place: a path appears whole and
 //!   verified, or not at all. Progress is published on a watch channel.

@@ -142,6 +142,11 @@ async fn closures_arrive_as_nix_lays_them_out() {
     assert_eq!((second.summary.fetched, second.summary.skipped), (2, 1));
     assert_eq!(second.summary.copied, big.len() as u64, "the big file is copied from the library");
     assert!(second.summary.downloaded < 100, "downloaded {}", second.summary.downloaded);
+    // Store files are immutable: the copy is a hard link to the library's (one inode).
+    let ino = |info: &PathInfo, rel: &str| {
+        std::fs::metadata(target.join(info.store_path.to_string()).join(rel)).unwrap().ino()
+    };
+    assert_eq!(ino(&app, "copy-of-big"), ino(&lib, "share/big"), "the app's big file shares the library's inode");
     let names: Vec<&str> = second.closure.iter().map(|i| i.store_path.name()).collect();
     assert_eq!(names.last(), Some(&"app"), "references first: {names:?}");
     assert_eq!(second.placed.len(), 2);

@@ -48,6 +48,16 @@ pub trait BlobService: Send + Sync + 'static {
     /// Opens a blob (or a single chunk, by its digest) for reading.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>>;
 
+    /// Opens a blob whose size the caller already knows (from the directory
+    /// entry naming it), for reading it whole. A backend that asks for the
+    /// chunk list before reading may skip that round trip for a small blob
+    /// (the gRPC client does: one request per small file instead of two);
+    /// an absent blob may then show as a read error rather than `None`.
+    async fn open_read_sized(&self, digest: &B3Digest, size: u64) -> Result<Option<BlobReader>> {
+        let _ = size;
+        self.open_read(digest).await
+    }
+
     /// The blob's bytes from `offset` to its end, as a stream of pieces, for
     /// readers that pass bytes on rather than parse them (rendering NARs and
     /// layers). [`ChunkedBlobService`] hands out each stored chunk's own
@@ -96,6 +106,9 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<BlobReader>> {
         (**self).open_read(digest).await
+    }
+    async fn open_read_sized(&self, digest: &B3Digest, size: u64) -> Result<Option<BlobReader>> {
+        (**self).open_read_sized(digest, size).await
     }
     async fn read_from(&self, digest: &B3Digest, offset: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
         (**self).read_from(digest, offset).await

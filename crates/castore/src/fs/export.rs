@@ -504,16 +504,33 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Small files: identical local files read (one trip to the blocking
-    /// pool), the rest fetched, then all written in one more trip.
+    /// Small files: identical local files linked or read (one trip to the
+    /// blocking pool), the rest fetched, then all written in one more trip.
     async fn write_small(&self, batch: Vec<PlannedFile>) -> Result<()> {
         let candidates: Vec<Vec<LocalFile>> = batch.iter().map(|f| self.candidates(&f.0)).collect();
         let mut local: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
+        let mut batch = batch;
         if candidates.iter().any(|c| !c.is_empty()) {
-            let wanted: Vec<(B3Digest, u64)> = batch.iter().map(|f| (f.0, f.1)).collect();
-            local =
-                blocking(move || Ok(wanted.iter().zip(&candidates).map(|((d, s), c)| read_local(c, d, *s)).collect()))
-                    .await?;
+            let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
+            let (linked, rest, read) = blocking(move || {
+                let (mut linked, mut rest, mut read) = (Vec::new(), Vec::new(), Vec::new());
+                for (f, c) in batch.into_iter().zip(&candidates) {
+                    let mode = layout.file_mode(f.2);
+                    if layout == Layout::NixStore && link_local(c, &f.0, f.1, mode, &below(&root, &f.3), &gate)? {
+                        linked.push(f);
+                    } else {
+                        read.push(read_local(c, &f.0, f.1));
+                        rest.push(f);
+                    }
+                }
+                Ok((linked, rest, read))
+            })
+            .await?;
+            for (digest, size, _, rel) in linked {
+                self.count(Source::Copied, size);
+                self.written(rel, digest, size);
+            }
+            (batch, local) = (rest, read);
         }
         let contents: Vec<(Vec<u8>, Source, PlannedFile)> = futures::stream::iter(batch.into_iter().zip(local))
             .map(|(f, local)| async move {
@@ -558,13 +575,22 @@ impl Writer<'_> {
         let candidates = self.candidates(&digest);
         let (created, gate) = (path.clone(), self.gate.clone());
         let (file, copied) = blocking(move || {
+            if layout == Layout::NixStore && link_local(&candidates, &digest, size, mode, &created, &gate)? {
+                return Ok((None, true));
+            }
             let file = gate.create(|| {
                 std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&created)
             })?;
             let copied = copy_local(&candidates, &digest, size, &file);
-            Ok((file, copied))
+            Ok((Some(file), copied))
         })
         .await?;
+        let Some(file) = file else {
+            // Linked: the inode already has Nix's mode and mtime.
+            self.count(Source::Copied, size);
+            self.written(rel, digest, size);
+            return Ok(());
+        };
         let file = if copied {
             self.count(Source::Copied, size);
             file
@@ -687,6 +713,46 @@ fn read_local(candidates: &[LocalFile], digest: &B3Digest, size: u64) -> Option<
     })
 }
 
+/// In Nix's layout, makes `dst` a hard link to the first candidate that
+/// holds `digest` and already looks exactly as the new file must (regular,
+/// `mode`, mtime 1): store files are immutable, so sharing an inode is what
+/// `nix-store --optimise` does, and it writes no bytes at all. The inode
+/// hashed is the inode linked (through `/proc/self/fd`, not the path).
+/// False when no candidate fits or the filesystem refuses (another device).
+fn link_local(
+    candidates: &[LocalFile],
+    digest: &B3Digest,
+    size: u64,
+    mode: u32,
+    dst: &Path,
+    gate: &Gate,
+) -> std::io::Result<bool> {
+    for c in candidates {
+        let Some(src) = open_candidate(c, size) else { continue };
+        let Ok(meta) = src.metadata() else { continue };
+        if meta.mode() & 0o7777 != mode || meta.mtime() != 1 || hash_file(&src, size).ok() != Some(*digest) {
+            continue;
+        }
+        let proc = CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())).map_err(std::io::Error::other)?;
+        let to = CString::new(dst.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        let linked = gate.create(|| {
+            // SAFETY: two valid NUL-terminated paths; linkat only adds a name.
+            let r = unsafe {
+                libc::linkat(libc::AT_FDCWD, proc.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+            };
+            if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+        match linked {
+            Ok(()) => return Ok(true),
+            // The stage is being removed: stop.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
+            // Another filesystem, a link limit, /proc missing: copy instead.
+            Err(_) => continue,
+        }
+    }
+    Ok(false)
+}
+
 /// Fills `dst` (new and empty) from the first candidate that holds
 /// `digest`: a reflink where the filesystem shares extents, a copy
 /// otherwise, and either way the bytes in `dst` hashed. Leaves `dst` empty
@@ -763,7 +829,10 @@ fn check_read_back(digest: &B3Digest, actual: &B3Digest, len: u64, size: u64, pa
 
 /// Reads a whole blob of known size and checks it.
 async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
-    let reader = open_blob(blobs, digest, path).await?;
+    let reader = blobs
+        .open_read_sized(digest, size)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
     let mut data = Vec::with_capacity(size as usize);
     reader.take(size + 1).read_to_end(&mut data).await?;
     check_read_back(digest, &B3Digest::of(&data), data.len() as u64, size, path)?;

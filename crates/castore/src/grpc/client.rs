@@ -148,6 +148,10 @@ impl GrpcBlobService {
     }
 }
 
+/// Blobs up to this size are read in one request, without a Stat first
+/// ([`BlobService::open_read_sized`]); larger ones by their chunks.
+const DIRECT_READ_MAX: u64 = 1 << 20;
+
 #[async_trait]
 impl BlobService for GrpcBlobService {
     async fn stat(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>> {
@@ -177,6 +181,15 @@ impl BlobService for GrpcBlobService {
             let fetch: ChunkFetch = Arc::new(move |d| Self::read_verified(client.clone(), d).boxed());
             return Ok(Some(Box::new(ChunkedReader::new(chunks, fetch))));
         }
+        Ok(Some(Box::new(StreamingReader::new(self.client.clone(), *digest))))
+    }
+
+    async fn open_read_sized(&self, digest: &B3Digest, size: u64) -> Result<Option<BlobReader>> {
+        if size > DIRECT_READ_MAX {
+            return self.open_read(digest).await;
+        }
+        // Small: one Read of the whole blob, checked against its digest at
+        // the end of the stream, without asking for a chunk list first.
         Ok(Some(Box::new(StreamingReader::new(self.client.clone(), *digest))))
     }
 
