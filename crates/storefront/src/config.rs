@@ -268,6 +268,22 @@ pub fn embedded_store_url(data: &Path) -> String {
     format!("redb:{}", data.join("castore.redb").display())
 }
 
+/// Why the embedded store in `data` (at `url`) did not open, naming the
+/// usual cause (a running server holds it) and the way around it: `through`
+/// says what to do through the server instead, e.g. "import through it".
+pub fn embedded_open_error(data: &Path, url: &str, error: impl std::fmt::Display, through: &str) -> anyhow::Error {
+    let msg = error.to_string();
+    if msg.contains("already open") || msg.contains("lock") {
+        anyhow::anyhow!(
+            "the embedded store in {} is in use by another process (a running `storefront serve`?): {msg}; \
+             stop it, or {through} with --store grpc+http://HOST:PORT",
+            data.display()
+        )
+    } else {
+        anyhow::anyhow!("opening the embedded store {url}: {msg}")
+    }
+}
+
 /// `$XDG_DATA_HOME/storefront`, else `~/.local/share/storefront`, else `./storefront-data`.
 pub fn default_data_dir() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")

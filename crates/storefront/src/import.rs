@@ -134,18 +134,8 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
 async fn open_target(args: &ImportArgs) -> anyhow::Result<(Target, String)> {
     if let Some(data) = &args.data {
         let url = crate::config::embedded_store_url(data);
-        let target = Target::open(&url).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("already open") || msg.contains("lock") {
-                anyhow::anyhow!(
-                    "the embedded store in {} is in use by another process (a running `storefront serve`?): {msg}; \
-                     stop it, or import through it with --store grpc+http://HOST:PORT",
-                    data.display()
-                )
-            } else {
-                anyhow::anyhow!("opening the embedded store {url}: {msg}")
-            }
-        })?;
+        let target =
+            Target::open(&url).map_err(|e| crate::config::embedded_open_error(data, &url, e, "import through it"))?;
         return Ok((target, data.display().to_string()));
     }
     let addr = args

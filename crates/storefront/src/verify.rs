@@ -104,18 +104,7 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<(Report, Duration)> {
 fn open(args: &VerifyArgs) -> anyhow::Result<Store> {
     if let Some(data) = &args.data {
         let url = crate::config::embedded_store_url(data);
-        return Store::open(&url).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("already open") || msg.contains("lock") {
-                anyhow::anyhow!(
-                    "the embedded store in {} is in use by another process (a running `storefront serve`?): {msg}; \
-                     stop it, or check through it with --store grpc+http://HOST:PORT",
-                    data.display()
-                )
-            } else {
-                anyhow::anyhow!("opening the embedded store {url}: {msg}")
-            }
-        });
+        return Store::open(&url).map_err(|e| crate::config::embedded_open_error(data, &url, e, "check through it"));
     }
     if let Some(storage) = &args.storage {
         if storage.starts_with("grpc+") {
