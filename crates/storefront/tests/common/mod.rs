@@ -365,15 +365,7 @@ pub fn try_request(
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "PUT" || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
+    stream.write_all(request_head(addr, method, path, headers, body).as_bytes())?;
     // A server may answer (401, 400) before reading the body and close: a
     // failed body write is then not the error, the answer is.
     let _ = stream.write_all(body);
@@ -385,6 +377,20 @@ pub fn try_request(
         Err(e) => return Err(e),
     }
     parse_response(&raw, method == "HEAD")
+}
+
+/// The head of a one-request HTTP/1.1 exchange (`Connection: close`, a
+/// Content-Length when there is a body or the method expects one).
+pub fn request_head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "PUT" || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    head
 }
 
 fn invalid(msg: String) -> std::io::Error {

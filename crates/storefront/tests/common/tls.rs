@@ -24,7 +24,7 @@ use tokio_rustls::rustls::{
     pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
 
-use super::{Response, parse_response};
+use super::{Response, parse_response, request_head};
 
 /// The names the server certificate is valid for.
 pub const SERVER_NAMES: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
@@ -133,15 +133,7 @@ pub fn try_https_request(
     let name = ServerName::IpAddress(addr.ip().into());
     let conn = rustls::ClientConnection::new(client_config(ca, &[b"http/1.1"]), name).map_err(std::io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "PUT" || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    tls.write_all(head.as_bytes())?;
+    tls.write_all(request_head(addr, method, path, headers, body).as_bytes())?;
     tls.write_all(body)?;
     let mut raw = Vec::new();
     match tls.read_to_end(&mut raw) {
