@@ -4,6 +4,8 @@
 //! the same field numbers, so the same types encode the same bytes. Both
 //! packages go into the descriptor set, so reflection lists both and the
 //! server can answer under both method paths (see `grpc::package`).
+//! storefront's extension package (`storefront.castore.v1`) is generated
+//! alongside.
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,11 +15,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tvix = root.join("tvix/castore/v1/castore.proto");
     println!("cargo:rerun-if-changed={}", snix.display());
     println!("cargo:rerun-if-changed={}", tvix.display());
+    let batch = root.join("storefront/castore/v1/batch.proto");
+    println!("cargo:rerun-if-changed={}", batch.display());
 
     tonic_prost_build::configure()
         .bytes(".")
         .file_descriptor_set_path(out.join("snix_castore_descriptor.bin"))
         .compile_protos(&[&snix], &[&root])?;
+    // storefront's own extension (see the file).
+    tonic_prost_build::configure()
+        .bytes(".")
+        .file_descriptor_set_path(out.join("storefront_castore_descriptor.bin"))
+        .compile_protos(&[&batch], &[&root])?;
     // The tvix package only contributes its descriptor (for reflection).
     let unused = out.join("tvix-unused");
     std::fs::create_dir_all(&unused)?;

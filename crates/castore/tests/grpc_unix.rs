@@ -13,6 +13,8 @@ use castore::{
 use futures::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+mod common;
+
 async fn serve_unix(path: &std::path::Path, accept_tvix: bool) {
     let kv: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
     let mut routes = tonic::service::Routes::builder();
@@ -26,17 +28,7 @@ async fn serve_unix(path: &std::path::Path, accept_tvix: bool) {
     } else {
         PackageRewrite::speak(routes, castore::grpc::Package::Snix)
     };
-    let listener = tokio::net::UnixListener::bind(path).unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = hyper_util::service::TowerToHyperService::new(routes.clone());
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-            );
-        }
-    });
+    common::serve_unix(path, routes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

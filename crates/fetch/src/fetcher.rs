@@ -18,11 +18,20 @@ use futures::{StreamExt, TryStreamExt};
 use store::{NixHash, PathInfo, PathInfoService, StorePath, VerifyingKey, import::Target};
 use tokio::sync::watch;
 
-use crate::{FetchError, HostNix, local::LocalIndex, nar::nar_hash_of_tree, trust};
+use crate::{
+    FetchError, HostNix,
+    local::{LocalIndex, PathCandidates},
+    nar::{nar_hash_of_staged, nar_hash_of_tree},
+    trust,
+};
 
 /// Store paths written at once by default. Each path's files are
 /// themselves written several at a time.
 pub const DEFAULT_JOBS: usize = 8;
+
+/// Small files' contents kept in memory per path being written, so that its
+/// NAR hash need not open them again.
+const RETAIN_BYTES: u64 = 32 << 20;
 
 /// Earlier builds of one package name offered as sources of identical files.
 const EARLIER_PER_NAME: usize = 2;
@@ -116,6 +125,7 @@ pub struct Fetcher {
     trusted_keys: Vec<VerifyingKey>,
     jobs: usize,
     host: Option<HostNix>,
+    check_nar_hash: bool,
     progress: watch::Sender<Progress>,
 }
 
@@ -145,6 +155,7 @@ impl Fetcher {
             trusted_keys: Vec::new(),
             jobs: DEFAULT_JOBS,
             host: None,
+            check_nar_hash: false,
             progress: watch::Sender::new(Progress::default()),
         }
     }
@@ -158,11 +169,29 @@ impl Fetcher {
     }
 
     /// Accept only paths signed by one of `keys` (or whose content address
-    /// proves their store path). Without keys, paths are still checked
-    /// against their PathInfo's NarHash, but the PathInfo is trusted.
+    /// proves their store path). A signature covers the NarHash, not the
+    /// castore tree, so with keys every path's NAR hash is checked too.
+    /// Without keys the PathInfo is trusted as the server sends it, and the
+    /// tree is checked against its root digest (every blob, every
+    /// directory), as `nix copy --no-check-sigs` checks a NAR against its
+    /// narinfo.
     pub fn trusted_keys(mut self, keys: Vec<VerifyingKey>) -> Self {
         self.trusted_keys = keys;
         self
+    }
+
+    /// Also check each path's NarHash and NarSize against its tree when no
+    /// key requires it and the target is not the host Nix store (those two
+    /// always check: the hash is what is signed, and what Nix records).
+    /// Costs a SHA-256 of every byte.
+    pub fn check_nar_hash(mut self, on: bool) -> Self {
+        self.check_nar_hash = on;
+        self
+    }
+
+    /// Whether paths are checked against their NarHash before they appear.
+    fn checks_nar_hash(&self) -> bool {
+        self.check_nar_hash || !self.trusted_keys.is_empty() || self.host.is_some()
     }
 
     /// Store paths written at once (at least 1).
@@ -231,21 +260,23 @@ impl Fetcher {
         }
 
         let index = Arc::new(LocalIndex::new(target_dir));
-        if !todo.is_empty() {
-            let earlier = self.earlier_builds(&closure, &todo, target_dir).await;
-            index
-                .add_present(&skipped.iter().copied().chain(earlier.iter()).collect::<Vec<_>>(), &*self.directories)
-                .await;
+        let earlier = if todo.is_empty() { HashMap::new() } else { earlier_builds(&closure, &todo, target_dir).await };
+        if !todo.is_empty() && !skipped.is_empty() {
+            index.add_present(&skipped, &*self.directories).await;
         }
         let mut summary = Summary { skipped: skipped.len() as u64, ..Summary::default() };
         // Owned items: a stream of borrowed ones makes a future the
         // compiler cannot prove `Send`.
         let owned: Vec<PathInfo> = todo.iter().map(|i| (*i).clone()).collect();
         let report = Report { progress: progress.clone(), bytes: Arc::default() };
-        let (index, report) = (&index, &report);
+        let (index, report, earlier) = (&index, &report, &earlier);
         let outcomes: Vec<(StorePath, Outcome)> = futures::stream::iter(owned)
             .map(|info| async move {
-                let outcome = self.fetch_one(&info, target_dir, index, report).await?;
+                let local = Arc::new(PathCandidates {
+                    index: index.clone(),
+                    earlier: earlier.get(info.store_path.name()).cloned().unwrap_or_default(),
+                });
+                let outcome = self.fetch_one(&info, target_dir, index, local, report).await?;
                 report.progress.send_modify(|p| p.paths_done += 1);
                 Ok::<_, FetchError>((info.store_path, outcome))
             })
@@ -321,42 +352,6 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Paths in the target that are not in `closure` but share a name with
-    /// a path to fetch (`<other hash>-hello-2.12`): most likely an earlier
-    /// build of the same package, whose files a new build mostly repeats.
-    /// Their listings (from the store, when it has them) let identical
-    /// files be copied from disk. A hint only, so errors just mean fewer
-    /// candidates; at most [`EARLIER_PER_NAME`] per name.
-    async fn earlier_builds(&self, closure: &[PathInfo], todo: &[&PathInfo], target_dir: &Path) -> Vec<PathInfo> {
-        let names: HashSet<String> = todo.iter().map(|i| i.store_path.name().to_owned()).collect();
-        let in_closure: HashSet<StorePath> = closure.iter().map(|i| i.store_path.clone()).collect();
-        let dir = target_dir.to_owned();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut per_name: HashMap<String, usize> = HashMap::new();
-            let mut found = Vec::new();
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let Ok(path) = StorePath::from_basename_bytes(entry.file_name().as_encoded_bytes()) else { continue };
-                if in_closure.contains(&path) || !names.contains(path.name()) {
-                    continue;
-                }
-                let n = per_name.entry(path.name().to_owned()).or_default();
-                if *n < EARLIER_PER_NAME {
-                    *n += 1;
-                    found.push(path);
-                }
-            }
-            found
-        })
-        .await
-        .unwrap_or_default();
-        futures::stream::iter(found)
-            .map(|path| async move { self.paths.get(path.digest()).await.ok().flatten() })
-            .buffer_unordered(16)
-            .filter_map(|info| async move { info })
-            .collect()
-            .await
-    }
-
     /// The paths of `closure` already in the target.
     async fn present(&self, closure: &[PathInfo], target_dir: &Path) -> Result<HashSet<StorePath>, FetchError> {
         let paths: Vec<StorePath> = closure.iter().map(|i| i.store_path.clone()).collect();
@@ -386,6 +381,7 @@ impl Fetcher {
         info: &PathInfo,
         target_dir: &Path,
         index: &Arc<LocalIndex>,
+        local: Arc<PathCandidates>,
         report: &Report,
     ) -> Result<Outcome, FetchError> {
         let base = info.store_path.to_string();
@@ -400,7 +396,8 @@ impl Fetcher {
         let (progress, bytes) = (report.progress.clone(), report.bytes.clone());
         let options = ExportOptions {
             layout: Layout::NixStore,
-            local: Some(index.clone()),
+            retain_bytes: if self.checks_nar_hash() { RETAIN_BYTES } else { 0 },
+            local: Some(local),
             on_bytes: Some(Arc::new(move |source, n| {
                 match source {
                     Source::Fetched => bytes.fetched.fetch_add(n, Ordering::Relaxed),
@@ -419,7 +416,9 @@ impl Fetcher {
         let staged = castore::fs::stage(&*self.blobs, &*self.directories, &info.node, &target, &options)
             .await
             .map_err(materialise)?;
-        if let Err(e) = self.verify(info, &staged).await {
+        if self.checks_nar_hash()
+            && let Err(e) = self.verify(info, &staged).await
+        {
             staged.discard().await;
             return Err(e);
         }
@@ -463,7 +462,7 @@ impl Fetcher {
 
     /// Checks a staged tree against its PathInfo before it is committed.
     async fn verify(&self, info: &PathInfo, staged: &Staged) -> Result<(), FetchError> {
-        let (size, sha) = nar_hash_of_tree(staged.path())
+        let (size, sha) = nar_hash_of_staged(&info.node, staged)
             .await
             .map_err(|e| FetchError::io(format!("hashing {}", staged.path().display()), e))?;
         if (size, sha) != (info.nar_size, info.nar_sha256) {
@@ -477,6 +476,33 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// Directories in the target that are not paths of `closure` but share a
+/// name with a path to fetch (`<other hash>-hello-2.12`), by that name:
+/// most likely earlier builds of the same package, whose files a new build
+/// mostly repeats at the same places ([`PathCandidates`]). At most
+/// [`EARLIER_PER_NAME`] per name; only the target's listing is read.
+async fn earlier_builds(closure: &[PathInfo], todo: &[&PathInfo], target_dir: &Path) -> HashMap<String, Vec<String>> {
+    let names: HashSet<String> = todo.iter().map(|i| i.store_path.name().to_owned()).collect();
+    let in_closure: HashSet<StorePath> = closure.iter().map(|i| i.store_path.clone()).collect();
+    let dir = target_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut found: HashMap<String, Vec<String>> = HashMap::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(path) = StorePath::from_basename_bytes(entry.file_name().as_encoded_bytes()) else { continue };
+            if in_closure.contains(&path) || !names.contains(path.name()) {
+                continue;
+            }
+            let builds = found.entry(path.name().to_owned()).or_default();
+            if builds.len() < EARLIER_PER_NAME {
+                builds.push(path.to_string());
+            }
+        }
+        found
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// The target of a host-Nix fetch must be that store's directory.

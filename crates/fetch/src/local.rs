@@ -1,7 +1,9 @@
-//! Files already in the target directory, by contents, so identical files
-//! are copied from disk instead of fetched: files of the closure's paths
-//! that were present before the fetch (their directory listings come from
-//! the store), and files this fetch placed.
+//! Files already in the target directory, so identical files are linked or
+//! copied from disk instead of fetched: by contents, files of the closure's
+//! paths that were present before the fetch (their directory listings come
+//! from the store) and files this fetch placed; by place, the file at the
+//! same relative path in an earlier build of the same package
+//! ([`PathCandidates`]), which a rebuild mostly repeats.
 //!
 //! The index is only a hint: castore's export opens a candidate without
 //! following symlinks, checks that it is a regular file of the right size
@@ -12,7 +14,7 @@ use std::{
     ffi::OsStr,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use castore::{
@@ -85,13 +87,36 @@ impl LocalIndex {
     }
 }
 
-impl LocalFiles for LocalIndex {
-    fn find(&self, digest: &B3Digest) -> Vec<LocalFile> {
+impl LocalIndex {
+    fn by_digest(&self, digest: &B3Digest) -> Vec<LocalFile> {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         files
             .get(digest)
             .map(|rels| rels.iter().map(|rel| LocalFile { dir: self.target_dir.clone(), rel: rel.clone() }).collect())
             .unwrap_or_default()
+    }
+}
+
+/// The candidates offered to the stage of one path: the index's files with
+/// the same contents, then the same place in earlier builds of the path's
+/// package (directory names in the target, `<other hash>-<same name>`).
+/// Those are only guesses: the stage checks every candidate's size, mode
+/// and BLAKE3 before it uses it.
+pub(crate) struct PathCandidates {
+    pub(crate) index: Arc<LocalIndex>,
+    pub(crate) earlier: Vec<String>,
+}
+
+impl LocalFiles for PathCandidates {
+    fn find(&self, digest: &B3Digest, rel: &Path) -> Vec<LocalFile> {
+        let mut found = self.index.by_digest(digest);
+        for base in &self.earlier {
+            let rel = below(base, rel);
+            if !found.iter().any(|f| f.rel == rel) {
+                found.push(LocalFile { dir: self.index.target_dir.clone(), rel });
+            }
+        }
+        found
     }
 }
 

@@ -1,10 +1,14 @@
-//! The NAR of a tree on disk, hashed as it is serialised and never kept.
+//! NAR hashes of trees on disk, serialised and streamed through SHA-256,
+//! never kept.
 //!
-//! This is how a fetched path is checked against its PathInfo: what is
-//! verified is the tree as it lies on disk (after every file was written),
-//! serialised exactly as `nix-store --dump` would (entries in byte order of
+//! [`nar_hash_of_staged`] is how a fetched path is checked against its
+//! PathInfo: the NAR of the tree just written, laid out from the directory
+//! closure it was written from, with each file's contents as they were
+//! written (small ones kept in memory by the stage, the rest read back from
+//! the staged file). [`nar_hash_of_tree`] serialises any tree from disk
+//! alone, exactly as `nix-store --dump` would (entries in byte order of
 //! their names, the executable bit from the owner's execute permission,
-//! symlinks read, never followed) and streamed through SHA-256.
+//! symlinks read, never followed): how a path found on disk is checked.
 use std::{
     fs::{File, Metadata},
     io::Read,
@@ -15,6 +19,8 @@ use std::{
     path::Path,
 };
 
+use bytes::Bytes;
+use castore::{B3Digest, Node, fs::Staged, render::Segment};
 use sha2::{Digest, Sha256};
 
 /// Bytes read from a file at a time.
@@ -34,6 +40,48 @@ pub fn nar_hash_of_tree_blocking(path: &Path) -> std::io::Result<(u64, [u8; 32])
 pub async fn nar_hash_of_tree(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || nar_hash_of_tree_blocking(&path)).await.map_err(std::io::Error::other)?
+}
+
+/// NarSize and NarHash of the tree `staged` wrote for `node`.
+pub async fn nar_hash_of_staged(node: &Node, staged: &Staged) -> std::io::Result<(u64, [u8; 32])> {
+    let layout = store::nar::layout_of(node, staged.directories()).map_err(std::io::Error::other)?;
+    let files: std::collections::HashMap<&B3Digest, &Path> =
+        staged.files().iter().map(|f| (&f.digest, f.rel.as_path())).collect();
+    enum Piece {
+        Bytes(Bytes),
+        File(std::path::PathBuf, u64),
+    }
+    let pieces = layout
+        .segments()
+        .map(|(_, segment)| match segment {
+            Segment::Bytes(b) => Ok(Piece::Bytes(b)),
+            Segment::Blob { digest, size } => match staged.retained(&digest) {
+                Some(b) => Ok(Piece::Bytes(b.clone())),
+                None => {
+                    let rel = files.get(&digest).ok_or_else(|| {
+                        std::io::Error::other(format!("blob {digest} is in no file of {}", staged.path().display()))
+                    })?;
+                    let path =
+                        if rel.as_os_str().is_empty() { staged.path().to_owned() } else { staged.path().join(rel) };
+                    Ok(Piece::File(path, size))
+                }
+            },
+        })
+        .collect::<std::io::Result<Vec<Piece>>>()?;
+    let total = layout.len();
+    tokio::task::spawn_blocking(move || {
+        let mut nar = NarHasher { sha: Sha256::new(), size: 0, buf: vec![0; READ_BUFFER] };
+        for piece in pieces {
+            match piece {
+                Piece::Bytes(b) => nar.bytes(&b),
+                Piece::File(path, size) => nar.file_contents(&path, size)?,
+            }
+        }
+        debug_assert_eq!(nar.size, total);
+        Ok((nar.size, nar.sha.finalize().into()))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 struct NarHasher {
@@ -104,8 +152,15 @@ impl NarHasher {
     /// A file's contents, which must be `len` bytes (as stat said).
     fn contents(&mut self, path: &Path, len: u64) -> std::io::Result<()> {
         self.bytes(&len.to_le_bytes());
-        // The entry was seen as a regular file: never open something else
-        // that took its place.
+        self.file_contents(path, len)?;
+        self.padding(len);
+        Ok(())
+    }
+
+    /// The bytes of the regular file at `path`, which must be `len`.
+    fn file_contents(&mut self, path: &Path, len: u64) -> std::io::Result<()> {
+        // The entry was seen (or written) as a regular file: never open
+        // something else that took its place.
         let mut file = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
         let mut buf = std::mem::take(&mut self.buf);
         let mut read = 0u64;
@@ -128,7 +183,6 @@ impl NarHasher {
         if read != len {
             return Err(changed(path));
         }
-        self.padding(len);
         Ok(())
     }
 }

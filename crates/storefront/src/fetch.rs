@@ -55,10 +55,19 @@ pub struct FetchArgs {
     /// Accept only paths signed by this key (`name:base64`, as Nix's
     /// trusted-public-keys; repeatable), or content-addressed ones whose
     /// store path their contents prove [env: STOREFRONT_TRUSTED_PUBLIC_KEYS,
-    /// comma or space separated]. Without keys, every path is still checked
-    /// against the NarHash its PathInfo names.
+    /// comma or space separated]. With keys, each path's tree is also
+    /// checked against the signed NarHash. Without keys, the PathInfo is
+    /// taken as sent and every blob and directory is checked against its
+    /// digests (as `nix copy --no-check-sigs` checks a NAR against its
+    /// narinfo).
     #[arg(long = "trusted-public-key", value_name = "KEY")]
     trusted_public_keys: Vec<VerifyingKey>,
+
+    /// Check each path's NarHash and NarSize against its tree even without
+    /// trusted keys (a SHA-256 of every byte; always done with keys and when
+    /// writing into the host Nix store, which records the hash).
+    #[arg(long)]
+    check_nar_hash: bool,
 
     /// Do not register the paths with the host Nix, even when writing into
     /// its store (Nix's GC will then delete them as invalid).
@@ -124,6 +133,7 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<()> {
     let mut fetcher = Fetcher::connect(&addr)?
         .store_dir(args.nix_store_dir.clone())
         .trusted_keys(trusted_keys(args.trusted_public_keys)?)
+        .check_nar_hash(args.check_nar_hash)
         .jobs(args.jobs);
     if let Some(nix) = &nix {
         fetcher = fetcher.host_nix(nix.clone());

@@ -72,6 +72,7 @@ async fn grpc_router(services: &Services) -> anyhow::Result<Router> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(castore::proto::SNIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(castore::proto::TVIX_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(castore::proto::batch::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(store::proto::SNIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(store::proto::TVIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -81,11 +82,13 @@ async fn grpc_router(services: &Services) -> anyhow::Result<Router> {
     routes
         .add_service(store::pathinfo::path_info_service_server(paths.clone(), blobs.clone(), directories.clone()))
         .add_service(castore::grpc::blob_service_server(blobs.clone()))
+        .add_service(castore::grpc::blob_batch_server(blobs.clone()))
         .add_service(castore::grpc::directory_service_server(directories.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    for name in castore::grpc::SERVICE_NAMES.into_iter().chain(store::pathinfo::SERVICE_NAMES) {
+    let batch = [castore::grpc::BATCH_SERVICE_NAME];
+    for name in castore::grpc::SERVICE_NAMES.into_iter().chain(batch).chain(store::pathinfo::SERVICE_NAMES) {
         health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }
     Ok(routes.routes().into_axum_router())

@@ -74,6 +74,23 @@ impl BlobService for BadBlobs {
         if self.faults.stall == Some(*digest) {
             std::future::pending::<()>().await;
         }
+        // A whole blob is served as its chunks are (reordered, flipped), so
+        // a client reading it in one call gets the same lies.
+        if let Some(chunks) = self.stat(digest).await?
+            && (chunks.iter().any(|c| self.faults.flip.contains(&c.digest))
+                || self.faults.reorder_chunks == Some(*digest))
+        {
+            let mut data = Vec::new();
+            for c in chunks {
+                let mut chunk = Vec::new();
+                self.real.open_read(&c.digest).await?.expect("chunk stored").read_to_end(&mut chunk).await?;
+                if self.faults.flip.contains(&c.digest) {
+                    chunk[0] ^= 1;
+                }
+                data.extend(chunk);
+            }
+            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+        }
         let Some(mut reader) = self.real.open_read(digest).await? else { return Ok(None) };
         if !self.faults.flip.contains(digest) {
             return Ok(Some(reader));
@@ -215,6 +232,8 @@ async fn double(server: &Server, faults: Faults) -> Double {
     let paths: Arc<dyn PathInfoService> = Arc::new(BadPaths { real: r.paths, faults: faults.clone() });
     let router = tonic::transport::Server::builder()
         .add_service(castore::grpc::blob_service_server(blobs.clone()))
+        // Files come through the batch read, as from storefront itself.
+        .add_service(castore::grpc::blob_batch_server(blobs.clone()))
         .add_service(proto::directory_service_server::DirectoryServiceServer::new(BadDirs {
             real: r.dirs.clone(),
             faults,
@@ -332,14 +351,16 @@ async fn wrong_bytes_are_caught() {
     assert!(chunks.len() >= 2, "big.txt ({big_size} bytes) should be chunked: {chunks:?}");
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
-        ("flipped-blob", Faults { flip: vec![readme], ..Faults::default() }, "server sent"),
-        ("flipped-chunk", Faults { flip: vec![chunks[0].digest], ..Faults::default() }, "for chunk"),
-        ("reordered-chunks", Faults { reorder_chunks: Some(big), ..Faults::default() }, "read back as"),
+        // A small file comes in a batch, a large one in one Read: each is
+        // hashed whole and refused before its path is placed.
+        ("flipped-blob", Faults { flip: vec![readme], ..Faults::default() }, "README"),
+        ("flipped-chunk", Faults { flip: vec![chunks[0].digest], ..Faults::default() }, "big.txt"),
+        ("reordered-chunks", Faults { reorder_chunks: Some(big), ..Faults::default() }, "big.txt"),
     ];
     for (name, faults, needle) in cases {
         let d = double(&server, faults).await;
         let dir = tmp.path().join(name);
-        failed(fetch_from(&d, &dir, &[&fx.top]).await, &[data, needle]);
+        failed(fetch_from(&d, &dir, &[&fx.top]).await, &[data, needle, "read as"]);
         assert_nothing_half_written(&dir, &["-sf-fixture-data"]);
     }
 }
@@ -526,10 +547,15 @@ async fn lying_path_infos_are_caught() {
     let digest = *store_path(data).digest();
     let tmp = tempfile::tempdir().unwrap();
 
-    // A NarHash that is not the tree's: found on disk, before the rename.
+    // A NarHash that is not the tree's: found on disk, before the rename
+    // (checked with --check-nar-hash; always with trusted keys, where the
+    // signature covers it, and into the host Nix store, which records it).
     let d = double(&server, Faults { flip_nar_hash: Some(digest), ..Faults::default() }).await;
     let dir = tmp.path().join("nar-hash");
-    failed(fetch_from(&d, &dir, &[&fx.top]).await, &[data, "the fetched tree's NAR is", "other contents"]);
+    failed(
+        fetch_from(&d, &dir, &["--check-nar-hash", &fx.top]).await,
+        &[data, "the fetched tree's NAR is", "other contents"],
+    );
     assert_nothing_half_written(&dir, &["-sf-fixture-data"]);
 
     // The PathInfo for data's digest, under another name: refused before

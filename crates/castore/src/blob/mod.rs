@@ -74,6 +74,27 @@ pub trait BlobService: Send + Sync + 'static {
         ))))
     }
 
+    /// A whole blob of known size as a stream of pieces, checked: the stream
+    /// ends without an error only if it delivered exactly `size` bytes that
+    /// hash to `digest`, and fails as soon as it runs past `size`. This is
+    /// how a blob is fetched to be written somewhere: the checking is done
+    /// here, once, so the writer need not hash again. The gRPC client reads
+    /// the blob in one call instead of chunk by chunk.
+    async fn read_checked(&self, digest: &B3Digest, size: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        let Some(pieces) = self.read_from(digest, 0).await? else { return Ok(None) };
+        Ok(Some(checked(pieces, *digest, size)))
+    }
+
+    /// Whole blobs of known sizes (small ones: each is held in memory), in
+    /// the order asked, each checked against its digest and size; an absent
+    /// blob is an error ([`crate::Error::NotFound`]). For writing trees of
+    /// many small files: the gRPC client asks a storefront server for all of
+    /// them in one call ([`crate::proto::batch`]); the default reads them
+    /// one by one, a few at a time ([`read_each`]).
+    fn read_many(&self, wanted: Vec<(B3Digest, u64)>) -> BoxStream<'_, Result<Bytes>> {
+        read_each(self, wanted)
+    }
+
     /// Stores everything `reader` yields and returns its digest. With
     /// `expected`, a stream whose digest differs is refused
     /// ([`crate::Error::InvalidRequest`]) and the blob does not become visible.
@@ -113,6 +134,12 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     async fn read_from(&self, digest: &B3Digest, offset: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
         (**self).read_from(digest, offset).await
     }
+    async fn read_checked(&self, digest: &B3Digest, size: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        (**self).read_checked(digest, size).await
+    }
+    fn read_many(&self, wanted: Vec<(B3Digest, u64)>) -> BoxStream<'_, Result<Bytes>> {
+        (**self).read_many(wanted)
+    }
     async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
         (**self).put(reader, expected).await
     }
@@ -126,6 +153,86 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     ) -> Result<B3Digest> {
         (**self).put_stream(pieces, expected).await
     }
+}
+
+/// Blobs [`BlobService::read_many`] reads at once when it reads them one by
+/// one.
+const READ_EACH_AHEAD: usize = 8;
+
+/// [`BlobService::read_many`] one blob at a time ([`BlobService::open_read_sized`]),
+/// a few ahead: what the trait does by default, and what the gRPC client
+/// falls back to against a server without the batch call.
+pub fn read_each<S: BlobService + ?Sized>(blobs: &S, wanted: Vec<(B3Digest, u64)>) -> BoxStream<'_, Result<Bytes>> {
+    use futures::StreamExt;
+    futures::stream::iter(wanted)
+        .map(move |(digest, size)| async move {
+            use tokio::io::AsyncReadExt;
+            let reader = blobs
+                .open_read_sized(&digest, size)
+                .await?
+                .ok_or_else(|| crate::Error::NotFound(format!("blob {digest} not found")))?;
+            let mut data = Vec::with_capacity(size as usize);
+            reader.take(size + 1).read_to_end(&mut data).await?;
+            check_whole(&digest, size, &data)?;
+            Ok(Bytes::from(data))
+        })
+        .buffered(READ_EACH_AHEAD)
+        .boxed()
+}
+
+/// Refuses bytes that are not the blob `digest` of `size` bytes.
+pub(crate) fn check_whole(digest: &B3Digest, size: u64, data: &[u8]) -> Result<()> {
+    let actual = B3Digest::of(data);
+    if actual != *digest || data.len() as u64 != size {
+        return Err(crate::Error::Storage(format!(
+            "blob {digest} ({size} bytes) read as {actual} ({} bytes)",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `pieces` of the blob `digest` of `size` bytes, hashed as they pass: an
+/// error as soon as they run past `size`, and at the end unless they were
+/// exactly the blob.
+pub fn checked(
+    pieces: BoxStream<'static, Result<Bytes>>,
+    digest: B3Digest,
+    size: u64,
+) -> BoxStream<'static, Result<Bytes>> {
+    use futures::StreamExt;
+    struct Check {
+        pieces: BoxStream<'static, Result<Bytes>>,
+        hasher: Option<blake3::Hasher>,
+        seen: u64,
+    }
+    let start = Check { pieces, hasher: Some(blake3::Hasher::new()), seen: 0 };
+    futures::stream::unfold(start, move |mut c| async move {
+        let mut hasher = c.hasher.take()?;
+        match c.pieces.next().await {
+            Some(Ok(piece)) => {
+                c.seen += piece.len() as u64;
+                if c.seen > size {
+                    let e = crate::Error::Storage(format!("blob {digest} is longer than its {size} bytes"));
+                    return Some((Err(e), c));
+                }
+                hasher.update(&piece);
+                c.hasher = Some(hasher);
+                Some((Ok(piece), c))
+            }
+            Some(Err(e)) => Some((Err(e), c)),
+            None => {
+                let actual = B3Digest::from(hasher.finalize());
+                if actual == digest && c.seen == size {
+                    return None;
+                }
+                let e =
+                    crate::Error::Storage(format!("blob {digest} ({size} bytes) read as {actual} ({} bytes)", c.seen));
+                Some((Err(e), c))
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Refuses a blob whose digest is not the expected one.

@@ -35,17 +35,16 @@ use std::{
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Batcher, SMALL_FILE};
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Node, Result};
 
 /// Jobs (a large file, or a batch of small ones) run at the same time.
 const PARALLEL_JOBS: usize = 4;
-/// Small blobs of one batch fetched at the same time.
-const PARALLEL_READS: usize = 4;
-/// Buffer for streaming a large file (fetched or copied).
+/// Buffer for copying or hashing a large local file.
 const COPY_BUFFER: usize = 256 << 10;
+/// Pieces of a fetched file queued for its writer thread.
+const WRITE_QUEUE: usize = 8;
 /// Longest part of the target's name kept in its temporary sibling's name,
 /// so that the latter stays under the 255-byte limit of a file name.
 const TEMP_NAME_KEEP: usize = 200;
@@ -91,7 +90,10 @@ pub struct LocalFile {
 /// BLAKE3 is the digest; otherwise the next one is tried, then the blob
 /// service.
 pub trait LocalFiles: Send + Sync {
-    fn find(&self, digest: &B3Digest) -> Vec<LocalFile>;
+    /// Candidates for the file at `rel` below the tree being written (empty
+    /// for a root file) whose contents are `digest`: by digest, or by place
+    /// (the same `rel` in an earlier build of the same package).
+    fn find(&self, digest: &B3Digest, rel: &Path) -> Vec<LocalFile>;
 }
 
 /// Where bytes written by a stage came from.
@@ -112,6 +114,11 @@ pub struct ExportOptions {
     pub layout: Layout,
     pub local: Option<Arc<dyn LocalFiles>>,
     pub on_bytes: Option<OnBytes>,
+    /// Keep the contents of small files written, up to this many bytes in
+    /// all ([`Staged::retained`]), for a caller that reads the tree right
+    /// after (the fetcher's NAR hash) and would otherwise open every file
+    /// again. 0 keeps nothing.
+    pub retain_bytes: u64,
 }
 
 /// A regular file of a staged tree: where it is below the tree's root (empty
@@ -146,6 +153,8 @@ pub struct Staged {
     target: PathBuf,
     files: Vec<StagedFile>,
     stats: ExportStats,
+    directories: HashMap<B3Digest, Directory>,
+    retained: HashMap<B3Digest, Bytes>,
 }
 
 impl Staged {
@@ -165,6 +174,18 @@ impl Staged {
 
     pub fn stats(&self) -> ExportStats {
         self.stats
+    }
+
+    /// The directory closure the tree was written from (checked against
+    /// its digests), empty when the root is a file or symlink.
+    pub fn directories(&self) -> &HashMap<B3Digest, Directory> {
+        &self.directories
+    }
+
+    /// Contents of small files kept while writing
+    /// ([`ExportOptions::retain_bytes`]), by digest.
+    pub fn retained(&self, digest: &B3Digest) -> Option<&Bytes> {
+        self.retained.get(digest)
     }
 
     /// Renames the tree to its target, never replacing anything there.
@@ -328,12 +349,14 @@ pub async fn stage(
         fetched: AtomicU64::new(0),
         copied: AtomicU64::new(0),
         files: Mutex::new(Vec::new()),
+        retained: Mutex::default(),
     };
-    writer.write_root(directories, node).await?;
+    let directories = writer.write_root(directories, node).await?;
     let stats =
         ExportStats { fetched: writer.fetched.load(Ordering::Relaxed), copied: writer.copied.load(Ordering::Relaxed) };
     let files = writer.files.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(Staged { tree, target: target.to_owned(), files, stats })
+    let retained = writer.retained.into_inner().unwrap_or_else(|e| e.into_inner()).kept;
+    Ok(Staged { tree, target: target.to_owned(), files, stats, directories, retained })
 }
 
 /// A file to write: digest, size, executable, path below the root.
@@ -382,6 +405,14 @@ struct Writer<'a> {
     fetched: AtomicU64,
     copied: AtomicU64,
     files: Mutex<Vec<StagedFile>>,
+    retained: Mutex<Retained>,
+}
+
+/// Small files' contents kept for [`Staged::retained`].
+#[derive(Default)]
+struct Retained {
+    kept: HashMap<B3Digest, Bytes>,
+    bytes: u64,
 }
 
 impl Writer<'_> {
@@ -399,18 +430,33 @@ impl Writer<'_> {
         }
     }
 
-    fn candidates(&self, digest: &B3Digest) -> Vec<LocalFile> {
-        self.options.local.as_ref().map(|l| l.find(digest)).unwrap_or_default()
+    fn candidates(&self, digest: &B3Digest, rel: &Path) -> Vec<LocalFile> {
+        self.options.local.as_ref().map(|l| l.find(digest, rel)).unwrap_or_default()
     }
 
     fn written(&self, rel: PathBuf, digest: B3Digest, size: u64) {
         self.files.lock().unwrap_or_else(|e| e.into_inner()).push(StagedFile { rel, digest, size });
     }
 
-    async fn write_root(&self, directories: &dyn DirectoryService, node: &Node) -> Result<()> {
+    /// Keeps `data` if the budget allows.
+    fn retain(&self, digest: B3Digest, data: &Bytes) {
+        let mut r = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        if r.bytes + data.len() as u64 <= self.options.retain_bytes && !r.kept.contains_key(&digest) {
+            r.bytes += data.len() as u64;
+            r.kept.insert(digest, data.clone());
+        }
+    }
+
+    /// Writes the tree; returns its directory closure.
+    async fn write_root(
+        &self,
+        directories: &dyn DirectoryService,
+        node: &Node,
+    ) -> Result<HashMap<B3Digest, Directory>> {
         match node {
             Node::File { digest, size, executable } => {
-                self.write_large(*digest, *size, *executable, PathBuf::new()).await
+                self.write_large(*digest, *size, *executable, PathBuf::new()).await?;
+                Ok(HashMap::new())
             }
             Node::Symlink { target } => {
                 let (root, target, layout, gate) =
@@ -422,7 +468,8 @@ impl Writer<'_> {
                     }
                     Ok(())
                 })
-                .await
+                .await?;
+                Ok(HashMap::new())
             }
             Node::Directory { digest, size } => {
                 let all: HashMap<B3Digest, Directory> =
@@ -438,7 +485,8 @@ impl Writer<'_> {
                     None => return Err(Error::Storage(format!("directory {digest} missing from its closure"))),
                 }
                 let plan = Plan::expand(&all, digest)?;
-                self.write_tree(plan).await
+                self.write_tree(plan).await?;
+                Ok(all)
             }
         }
     }
@@ -505,21 +553,22 @@ impl Writer<'_> {
     }
 
     /// Small files: identical local files linked or read (one trip to the
-    /// blocking pool), the rest fetched, then all written in one more trip.
+    /// blocking pool), the rest read in one [`BlobService::read_many`]
+    /// (checked there), then all written in one more trip.
     async fn write_small(&self, batch: Vec<PlannedFile>) -> Result<()> {
-        let candidates: Vec<Vec<LocalFile>> = batch.iter().map(|f| self.candidates(&f.0)).collect();
+        let candidates: Vec<Vec<LocalFile>> = batch.iter().map(|f| self.candidates(&f.0, &f.3)).collect();
         let mut local: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
         let mut batch = batch;
         if candidates.iter().any(|c| !c.is_empty()) {
             let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
             let (linked, rest, read) = blocking(move || {
                 let (mut linked, mut rest, mut read) = (Vec::new(), Vec::new(), Vec::new());
-                for (f, c) in batch.into_iter().zip(&candidates) {
+                for (f, mut c) in batch.into_iter().zip(candidates) {
                     let mode = layout.file_mode(f.2);
-                    if layout == Layout::NixStore && link_local(c, &f.0, f.1, mode, &below(&root, &f.3), &gate)? {
+                    if layout == Layout::NixStore && link_local(&mut c, &f.0, f.1, mode, (&root, &f.3), &gate)? {
                         linked.push(f);
                     } else {
-                        read.push(read_local(c, &f.0, f.1));
+                        read.push(read_local(&c, &f.0, f.1));
                         rest.push(f);
                     }
                 }
@@ -532,50 +581,66 @@ impl Writer<'_> {
             }
             (batch, local) = (rest, read);
         }
-        let contents: Vec<(Vec<u8>, Source, PlannedFile)> = futures::stream::iter(batch.into_iter().zip(local))
-            .map(|(f, local)| async move {
-                match local {
-                    Some(data) => Ok::<_, Error>((data, Source::Copied, f)),
-                    None => {
-                        let path = below(&self.root, &f.3);
-                        Ok((read_blob(self.blobs, &f.0, f.1, &path).await?, Source::Fetched, f))
-                    }
+        let wanted: Vec<(B3Digest, u64)> =
+            batch.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(f, _)| (f.0, f.1)).collect();
+        let mut fetched = self.blobs.read_many(wanted);
+        let mut contents: Vec<(Bytes, Source, PlannedFile)> = Vec::with_capacity(batch.len());
+        let mut fetched_paths = batch.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(f, _)| &f.3);
+        let mut fetched_data = Vec::new();
+        while let Some(data) = fetched.next().await {
+            let rel = fetched_paths.next().expect("one blob per file asked for");
+            fetched_data.push(data.map_err(|e| for_path(e, &below(&self.root, rel)))?);
+        }
+        drop(fetched);
+        let mut fetched_data = fetched_data.into_iter();
+        for (f, l) in batch.into_iter().zip(local) {
+            match l {
+                Some(data) => contents.push((Bytes::from(data), Source::Copied, f)),
+                None => {
+                    let data = fetched_data.next().ok_or_else(|| {
+                        Error::Storage(format!(
+                            "the blob service sent no contents for {}",
+                            below(&self.root, &f.3).display()
+                        ))
+                    })?;
+                    contents.push((data, Source::Fetched, f));
                 }
-            })
-            .buffered(PARALLEL_READS)
-            .try_collect()
-            .await?;
+            }
+        }
         let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
         let contents = blocking(move || {
-            for (data, _, (_, _, exec, rel)) in &contents {
+            for (data, _, (digest, size, exec, rel)) in &contents {
                 let mode = layout.file_mode(*exec);
                 let mut file = gate.create(|| {
                     std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(below(&root, rel))
                 })?;
                 file.write_all(data)?;
-                finish_file(&file, mode, layout)?;
+                finish_file(&file, mode, layout, digest, *size)?;
             }
             Ok(contents)
         })
         .await?;
         for (data, source, (digest, size, _, rel)) in contents {
             self.count(source, data.len() as u64);
+            self.retain(digest, &data);
             self.written(rel, digest, size);
         }
         Ok(())
     }
 
-    /// A large file (or the root file): copied from an identical local file
-    /// if there is one, else streamed from the blob service; hashed either
-    /// way.
+    /// A large file (or the root file): linked to or copied from an
+    /// identical local file if there is one, else streamed from the blob
+    /// service ([`BlobService::read_checked`]).
     async fn write_large(&self, digest: B3Digest, size: u64, executable: bool, rel: PathBuf) -> Result<()> {
         let path = below(&self.root, &rel);
         let layout = self.layout();
         let mode = layout.file_mode(executable);
-        let candidates = self.candidates(&digest);
-        let (created, gate) = (path.clone(), self.gate.clone());
+        let mut candidates = self.candidates(&digest, &rel);
+        let (created, gate, root, rel_for_link) = (path.clone(), self.gate.clone(), self.root.clone(), rel.clone());
         let (file, copied) = blocking(move || {
-            if layout == Layout::NixStore && link_local(&candidates, &digest, size, mode, &created, &gate)? {
+            if layout == Layout::NixStore
+                && link_local(&mut candidates, &digest, size, mode, (&root, &rel_for_link), &gate)?
+            {
                 return Ok((None, true));
             }
             let file = gate.create(|| {
@@ -595,36 +660,61 @@ impl Writer<'_> {
             self.count(Source::Copied, size);
             file
         } else {
-            self.fetch_into(file, &digest, size, &path).await?
+            self.fetch_into(file, &digest, size, &path).await.map_err(|e| for_path(e, &path))?
         };
-        blocking(move || finish_file(&file, mode, layout)).await?;
+        blocking(move || finish_file(&file, mode, layout, &digest, size)).await?;
         self.written(rel, digest, size);
         Ok(())
     }
 
-    /// Streams a blob into `file`, checking its digest and size.
-    async fn fetch_into(&self, file: File, digest: &B3Digest, size: u64, path: &Path) -> Result<File> {
-        let mut reader = open_blob(self.blobs, digest, path).await?;
-        let mut file = tokio::fs::File::from_std(file);
-        let mut hasher = blake3::Hasher::new();
-        let mut written = 0u64;
-        let mut buf = vec![0u8; COPY_BUFFER];
-        loop {
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                break;
+    /// Streams a blob into `file` from one thread of the blocking pool
+    /// (pieces handed over, not copied); the stream checks digest and size,
+    /// so an error here means the file must not be used.
+    async fn fetch_into(&self, mut file: File, digest: &B3Digest, size: u64, path: &Path) -> Result<File> {
+        let mut pieces = self
+            .blobs
+            .read_checked(digest, size)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(piece) = rx.blocking_recv() {
+                file.write_all(&piece)?;
             }
-            written += n as u64;
-            if written > size {
-                break; // longer than recorded: refused below, without writing more
+            Ok::<_, Error>(file)
+        });
+        let mut failed = None;
+        while let Some(piece) = pieces.next().await {
+            match piece {
+                Ok(piece) => {
+                    let n = piece.len() as u64;
+                    if tx.send(piece).await.is_err() {
+                        break; // the writer failed: its error is below
+                    }
+                    self.count(Source::Fetched, n);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).await?;
-            self.count(Source::Fetched, n as u64);
         }
-        file.flush().await?;
-        check_read_back(digest, &B3Digest::from(hasher.finalize()), written, size, path)?;
-        Ok(file.into_std().await)
+        drop(tx);
+        let file = writer.await.map_err(Error::storage)??;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(file),
+        }
+    }
+}
+
+/// `e`, saying which file it was for.
+fn for_path(e: Error, path: &Path) -> Error {
+    let at = |m: String| format!("{m} (for {})", path.display());
+    match e {
+        Error::NotFound(m) => Error::NotFound(at(m)),
+        Error::Storage(m) => Error::Storage(at(m)),
+        e => e,
     }
 }
 
@@ -640,13 +730,56 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// Mode and, for the Nix layout, time of a written file.
-fn finish_file(file: &File, mode: u32, layout: Layout) -> Result<()> {
+/// In Nix's layout the contents, checked, are also remembered on the inode
+/// ([`remember`]).
+fn finish_file(file: &File, mode: u32, layout: Layout, digest: &B3Digest, size: u64) -> Result<()> {
     // The umask may have narrowed the mode.
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     if layout == Layout::NixStore {
+        remember(file, digest, size);
         file.set_times(std::fs::FileTimes::new().set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1)))?;
     }
     Ok(())
+}
+
+/// The extended attribute that records, on a file this module wrote (or
+/// hashed) in Nix's layout, the BLAKE3 digest and size its contents were
+/// checked to have: 32 + 8 bytes.
+const REMEMBERED: &std::ffi::CStr = c"user.storefront.blake3";
+
+/// Whether the filesystem (and our rights) allow [`REMEMBERED`]; cleared
+/// the first time setting it is refused.
+static REMEMBERING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Records on `file`'s inode that its contents are `digest` (`size`
+/// bytes), so a later stage can link the inode without reading it
+/// ([`remembered`]). Best effort: a filesystem without user extended
+/// attributes, or a file we may not change, just means hashing later.
+fn remember(file: &File, digest: &B3Digest, size: u64) {
+    if !REMEMBERING.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut value = [0u8; 40];
+    value[..32].copy_from_slice(digest.as_bytes());
+    value[32..].copy_from_slice(&size.to_le_bytes());
+    // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
+    let r = unsafe { libc::fsetxattr(file.as_raw_fd(), REMEMBERED.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r != 0 {
+        REMEMBERING.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Whether `file` (already found regular, of `size` bytes, Nix's mode and
+/// mtime 1) is remembered to hold `digest`. Changing a file's contents
+/// changes its mtime, which then is no longer 1, so what this trusts is
+/// that nobody rewrote the file and set its time back (which takes its
+/// owner, root in a Nix store), the trust `nix-store --optimise` puts in
+/// the files it links to.
+fn remembered(file: &File, digest: &B3Digest, size: u64) -> bool {
+    let mut value = [0u8; 40];
+    // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
+    let n = unsafe { libc::fgetxattr(file.as_raw_fd(), REMEMBERED.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    n == 40 && value[..32] == digest.as_bytes()[..] && value[32..] == size.to_le_bytes()
 }
 
 /// Sets the modification time to 1 without following a symlink (the link
@@ -662,9 +795,11 @@ fn set_mtime_nofollow(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens `rel` below `dir` for reading, one component at a time, never
-/// following a symlink and never leaving `dir` (only plain components).
-/// Opening the last component does not block on a fifo.
+/// Opens `rel` below `dir` for reading, never following a symlink and
+/// never leaving `dir` (only plain components). Opening the last component
+/// does not block on a fifo. One `openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS` where the kernel has it (Linux 5.6), else one
+/// `openat` per component.
 fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<File> {
     let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a plain relative path");
     let parts: Vec<&OsStr> = rel
@@ -677,36 +812,102 @@ fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<File> {
     if parts.is_empty() {
         return Err(invalid());
     }
-    let mut fd: OwnedFd = File::open(dir)?.into();
-    for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        let c = CString::new(part.as_bytes()).map_err(|_| invalid())?;
-        let flags = libc::O_RDONLY
-            | libc::O_NOFOLLOW
-            | libc::O_CLOEXEC
-            | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
-        // SAFETY: openat on a directory fd we own with a NUL-terminated name.
-        let raw = unsafe { libc::openat(fd.as_raw_fd(), c.as_ptr(), flags) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
+    with_dir_fd(dir, |dir_fd| {
+        if OPENAT2.load(Ordering::Relaxed) {
+            let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| invalid())?;
+            match openat2_beneath(dir_fd, &c) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => OPENAT2.store(false, Ordering::Relaxed),
+                r => return r,
+            }
         }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut fd: Option<OwnedFd> = None;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let c = CString::new(part.as_bytes()).map_err(|_| invalid())?;
+            let flags = libc::O_RDONLY
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC
+                | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
+            let at = fd.as_ref().map_or(dir_fd, |f| f.as_raw_fd());
+            // SAFETY: openat on a directory fd we hold with a NUL-terminated name.
+            let raw = unsafe { libc::openat(at, c.as_ptr(), flags) };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+            fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+        Ok(File::from(fd.expect("at least one component")))
+    })
+}
+
+/// Whether `openat2` may be tried (cleared when the kernel lacks it).
+static OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `openat2(dir_fd, rel, O_RDONLY|O_NONBLOCK, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`.
+fn openat2_beneath(dir_fd: libc::c_int, rel: &CString) -> std::io::Result<File> {
+    // SAFETY: open_how is plain data; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a directory fd, a NUL-terminated path and an open_how of the size passed.
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir_fd,
+            rel.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(File::from(fd))
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) }))
+}
+
+/// Directory descriptors each blocking thread keeps (the target directory
+/// candidates are opened below, the trees being written into).
+const DIR_FDS: usize = 4;
+
+thread_local! {
+    /// The directories most recently used by [`with_dir_fd`], newest first.
+    static DIR_FD: std::cell::RefCell<Vec<(PathBuf, OwnedFd)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a descriptor of the directory `dir` (kept open by this
+/// thread for the next call: opening by descriptor walks only the relative
+/// part of a path). `f` must not call this again.
+fn with_dir_fd<T>(dir: &Path, f: impl FnOnce(libc::c_int) -> std::io::Result<T>) -> std::io::Result<T> {
+    DIR_FD.with_borrow_mut(|cached| {
+        match cached.iter().position(|(p, _)| p == dir) {
+            Some(0) => {}
+            Some(i) => {
+                let hit = cached.remove(i);
+                cached.insert(0, hit);
+            }
+            None => {
+                let fd: OwnedFd = File::open(dir)?.into();
+                cached.insert(0, (dir.to_owned(), fd));
+                cached.truncate(DIR_FDS);
+            }
+        }
+        f(cached[0].1.as_raw_fd())
+    })
 }
 
 /// Opens a candidate that is a regular file of `size` bytes.
-fn open_candidate(c: &LocalFile, size: u64) -> Option<File> {
+fn open_candidate(c: &LocalFile, size: u64) -> Option<(File, std::fs::Metadata)> {
     let file = open_beneath(&c.dir, &c.rel).ok()?;
     let meta = file.metadata().ok()?;
-    (meta.is_file() && meta.size() == size).then_some(file)
+    (meta.is_file() && meta.size() == size).then_some((file, meta))
 }
 
 /// The contents of the first candidate that holds `digest` (small files).
 fn read_local(candidates: &[LocalFile], digest: &B3Digest, size: u64) -> Option<Vec<u8>> {
     candidates.iter().find_map(|c| {
-        let file = open_candidate(c, size)?;
+        let (file, _) = open_candidate(c, size)?;
         let mut data = Vec::with_capacity(size as usize);
         file.take(size + 1).read_to_end(&mut data).ok()?;
         (data.len() as u64 == size && B3Digest::of(&data) == *digest).then_some(data)
@@ -719,38 +920,83 @@ fn read_local(candidates: &[LocalFile], digest: &B3Digest, size: u64) -> Option<
 /// `nix-store --optimise` does, and it writes no bytes at all. The inode
 /// hashed is the inode linked (through `/proc/self/fd`, not the path).
 /// False when no candidate fits or the filesystem refuses (another device).
+///
+/// Candidates found not to hold `digest` at all are removed from
+/// `candidates`, so the caller does not read them again to copy them.
 fn link_local(
-    candidates: &[LocalFile],
+    candidates: &mut Vec<LocalFile>,
     digest: &B3Digest,
     size: u64,
     mode: u32,
-    dst: &Path,
+    (root, rel): (&Path, &Path),
     gate: &Gate,
 ) -> std::io::Result<bool> {
-    for c in candidates {
-        let Some(src) = open_candidate(c, size) else { continue };
-        let Ok(meta) = src.metadata() else { continue };
-        if meta.mode() & 0o7777 != mode || meta.mtime() != 1 || hash_file(&src, size).ok() != Some(*digest) {
+    let mut wrong = Vec::new();
+    let mut linked = false;
+    for (i, c) in candidates.iter().enumerate() {
+        let Some((src, meta)) = open_candidate(c, size) else {
+            wrong.push(i);
+            continue;
+        };
+        if meta.mode() & 0o7777 != mode || meta.mtime() != 1 {
             continue;
         }
-        let proc = CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())).map_err(std::io::Error::other)?;
-        let to = CString::new(dst.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        let linked = gate.create(|| {
-            // SAFETY: two valid NUL-terminated paths; linkat only adds a name.
-            let r = unsafe {
-                libc::linkat(libc::AT_FDCWD, proc.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-            };
-            if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        if !remembered(&src, digest, size) {
+            if hash_file(&src, size).ok() != Some(*digest) {
+                wrong.push(i);
+                continue;
+            }
+            remember(&src, digest, size);
+        }
+        let result = gate.create(|| {
+            if rel.as_os_str().is_empty() {
+                let to = CString::new(root.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+                return link_fd(&src, libc::AT_FDCWD, &to);
+            }
+            let to = CString::new(rel.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+            with_dir_fd(root, |root_fd| link_fd(&src, root_fd, &to))
         });
-        match linked {
-            Ok(()) => return Ok(true),
+        match result {
+            Ok(()) => {
+                linked = true;
+                break;
+            }
             // The stage is being removed: stop.
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
             // Another filesystem, a link limit, /proc missing: copy instead.
             Err(_) => continue,
         }
     }
-    Ok(false)
+    for i in wrong.into_iter().rev() {
+        candidates.remove(i);
+    }
+    Ok(linked)
+}
+
+/// Whether `linkat(fd, "", AT_EMPTY_PATH)` may be tried: it needs
+/// CAP_DAC_READ_SEARCH, and is cleared the first time it is refused.
+static LINK_EMPTY_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Makes `to` (relative to the directory `at`) a new name of the open file
+/// `src` (its inode, whatever its path now names): directly where allowed,
+/// else through `/proc/self/fd`.
+fn link_fd(src: &File, at: libc::c_int, to: &CString) -> std::io::Result<()> {
+    if LINK_EMPTY_PATH.load(Ordering::Relaxed) {
+        // SAFETY: a descriptor we hold, an empty path, a NUL-terminated target.
+        let r = unsafe { libc::linkat(src.as_raw_fd(), c"".as_ptr(), at, to.as_ptr(), libc::AT_EMPTY_PATH) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM | libc::EINVAL)) {
+            return Err(e);
+        }
+        LINK_EMPTY_PATH.store(false, Ordering::Relaxed);
+    }
+    let proc = CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())).map_err(std::io::Error::other)?;
+    // SAFETY: two valid NUL-terminated paths; linkat only adds a name.
+    let r = unsafe { libc::linkat(libc::AT_FDCWD, proc.as_ptr(), at, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Fills `dst` (new and empty) from the first candidate that holds
@@ -759,7 +1005,7 @@ fn link_local(
 /// and returns false when no candidate fits.
 fn copy_local(candidates: &[LocalFile], digest: &B3Digest, size: u64, dst: &File) -> bool {
     for c in candidates {
-        let Some(src) = open_candidate(c, size) else { continue };
+        let Some((src, _)) = open_candidate(c, size) else { continue };
         // SAFETY: FICLONE between two descriptors we hold; it only shares extents.
         let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
         let fits = if cloned { hash_file(dst, size) } else { copy_hashed(&src, dst, size) };
@@ -773,27 +1019,50 @@ fn copy_local(candidates: &[LocalFile], digest: &B3Digest, size: u64, dst: &File
     false
 }
 
+thread_local! {
+    /// Each blocking thread's buffer for hashing and copying local files
+    /// (allocating one per file costs a mapping and its page faults).
+    static COPY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's copy buffer.
+fn with_copy_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    COPY_BUF.with_borrow_mut(|buf| {
+        if buf.len() < COPY_BUFFER {
+            buf.resize(COPY_BUFFER, 0);
+        }
+        f(buf)
+    })
+}
+
 fn hash_file(file: &File, size: u64) -> std::io::Result<B3Digest> {
+    with_copy_buffer(|buf| hash_file_with(file, size, buf))
+}
+
+fn hash_file_with(file: &File, size: u64, buf: &mut [u8]) -> std::io::Result<B3Digest> {
+    // Exactly `size` bytes (what fstat said), without a last read to see
+    // the end: store files do not change, and a file that did is refused
+    // by the digest anyway.
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; COPY_BUFFER];
     let mut offset = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, offset)?;
+    while offset < size {
+        let want = ((size - offset) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], offset)?;
         if n == 0 {
-            break;
+            return Err(std::io::Error::other("changed size"));
         }
         hasher.update(&buf[..n]);
         offset += n as u64;
-    }
-    if offset != size {
-        return Err(std::io::Error::other("changed size"));
     }
     Ok(hasher.finalize().into())
 }
 
 fn copy_hashed(src: &File, dst: &File, size: u64) -> std::io::Result<B3Digest> {
+    with_copy_buffer(|buf| copy_hashed_with(src, dst, size, buf))
+}
+
+fn copy_hashed_with(src: &File, dst: &File, size: u64, buf: &mut [u8]) -> std::io::Result<B3Digest> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; COPY_BUFFER];
     let mut offset = 0u64;
     while offset < size {
         let want = ((size - offset) as usize).min(buf.len());
@@ -806,37 +1075,6 @@ fn copy_hashed(src: &File, dst: &File, size: u64) -> std::io::Result<B3Digest> {
         offset += n as u64;
     }
     Ok(hasher.finalize().into())
-}
-
-/// Opens the blob to be written at `path`.
-async fn open_blob(blobs: &dyn BlobService, digest: &B3Digest, path: &Path) -> Result<crate::BlobReader> {
-    blobs
-        .open_read(digest)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))
-}
-
-/// Refuses contents that are not the blob the directory names.
-fn check_read_back(digest: &B3Digest, actual: &B3Digest, len: u64, size: u64, path: &Path) -> Result<()> {
-    if actual != digest || len != size {
-        return Err(Error::Storage(format!(
-            "blob {digest} read back as {actual} ({len} bytes, expected {size}) for {}",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Reads a whole blob of known size and checks it.
-async fn read_blob(blobs: &dyn BlobService, digest: &B3Digest, size: u64, path: &Path) -> Result<Vec<u8>> {
-    let reader = blobs
-        .open_read_sized(digest, size)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} not found (for {})", path.display())))?;
-    let mut data = Vec::with_capacity(size as usize);
-    reader.take(size + 1).read_to_end(&mut data).await?;
-    check_read_back(digest, &B3Digest::of(&data), data.len() as u64, size, path)?;
-    Ok(data)
 }
 
 /// Renames without replacing anything that appeared at `to` meanwhile
@@ -913,7 +1151,7 @@ mod tests {
     /// over (fetched instead), and the tree is laid out as Nix's store.
     struct Offer(Vec<LocalFile>);
     impl LocalFiles for Offer {
-        fn find(&self, _: &B3Digest) -> Vec<LocalFile> {
+        fn find(&self, _: &B3Digest, _: &Path) -> Vec<LocalFile> {
             self.0.clone()
         }
     }
@@ -947,6 +1185,7 @@ mod tests {
             on_bytes: Some(Arc::new(move |_, n| {
                 counted.fetch_add(n, Ordering::Relaxed);
             })),
+            retain_bytes: 1 << 20,
         };
         let target = tmp.path().join("store/out");
         std::fs::create_dir(tmp.path().join("store")).unwrap();
@@ -955,6 +1194,10 @@ mod tests {
         assert_eq!(staged.stats(), ExportStats { fetched: 6, copied: big.len() as u64 });
         assert_eq!(seen.load(Ordering::Relaxed), 6 + big.len() as u64);
         assert_eq!(staged.files().len(), 2);
+        // Small contents kept for the caller (within the budget), large not.
+        assert_eq!(staged.retained(&B3Digest::of(b"small\n")).map(|b| &b[..]), Some(&b"small\n"[..]));
+        assert!(staged.retained(&B3Digest::of(&big)).is_none());
+        assert_eq!(staged.directories().len(), 3, "root, sub and the empty directory");
         assert_eq!(staged.commit().unwrap(), Commit::Created);
         assert_eq!(entries(&tmp.path().join("store")), vec!["out"]);
 
@@ -967,6 +1210,50 @@ mod tests {
             assert_eq!(meta(p).mtime(), 1, "mtime of {p:?}");
         }
         assert_eq!(std::fs::read_link(target.join("link")).unwrap(), Path::new("sub/big"));
+    }
+
+    /// Files written in Nix's layout remember their digest on the inode; a
+    /// later stage links them (same inode), but not a file rewritten since
+    /// (its mtime is no longer 1), which is fetched instead.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn remembered_files_are_linked_rewritten_ones_are_not() {
+        let (blobs, dirs) = services();
+        let big = noise(3 << 20, 5);
+        let node = sample(&blobs, &dirs, &big).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let nix = ExportOptions { layout: Layout::NixStore, ..ExportOptions::default() };
+        let first = tmp.path().join("first");
+        assert_eq!(stage(&blobs, &dirs, &node, &first, &nix).await.unwrap().commit().unwrap(), Commit::Created);
+        let open = |p: &str| File::open(first.join(p)).unwrap();
+        if REMEMBERING.load(Ordering::Relaxed) {
+            assert!(remembered(&open("sub/big"), &B3Digest::of(&big), big.len() as u64));
+            assert!(remembered(&open("small"), &B3Digest::of(b"small\n"), 6));
+            assert!(!remembered(&open("small"), &B3Digest::of(b"small\n"), 7), "the size is part of it");
+        }
+        let offer: Arc<dyn LocalFiles> = Arc::new(Offer(
+            ["sub/big", "small"].iter().map(|r| LocalFile { dir: first.clone(), rel: r.into() }).collect(),
+        ));
+        let linking = ExportOptions { local: Some(offer), ..nix.clone() };
+        let ino = |root: &Path, p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+
+        let second = tmp.path().join("second");
+        let staged = stage(&blobs, &dirs, &node, &second, &linking).await.unwrap();
+        assert_eq!(staged.stats(), ExportStats { fetched: 0, copied: big.len() as u64 + 6 });
+        staged.commit().unwrap();
+        assert_eq!(ino(&second, "sub/big"), ino(&first, "sub/big"));
+        assert_eq!(ino(&second, "small"), ino(&first, "small"));
+
+        // Rewritten in place, same size, still read-only: not Nix's mtime.
+        let small = first.join("small");
+        std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&small, b"SMALL\n").unwrap();
+        std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let third = tmp.path().join("third");
+        let staged = stage(&blobs, &dirs, &node, &third, &linking).await.unwrap();
+        assert_eq!(staged.stats(), ExportStats { fetched: 6, copied: big.len() as u64 });
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(third.join("small")).unwrap(), b"small\n");
+        assert_ne!(ino(&third, "small"), ino(&first, "small"));
     }
 
     /// A second writer of the same target loses without touching the

@@ -6,7 +6,10 @@ use std::{
     collections::HashMap,
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -17,12 +20,18 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
 use tonic::{Code, transport::Channel};
 
-use super::{Package, PackageRewrite, server::EXPECTED_DIGEST_HEADER};
+use super::{
+    Package, PackageRewrite,
+    server::{EXPECTED_DIGEST_HEADER, MAX_BATCH_DIGESTS},
+};
 use crate::{
     B3Digest, BlobReader, BlobService, ChunkMeta, Directory, DirectoryService, Error, Result,
-    blob::{ChunkFetch, ChunkedReader, check_expected, copy_out},
+    blob::{ChunkFetch, ChunkedReader, check_expected, check_whole, checked, copy_out, read_each},
     dirsvc::MAX_CLOSURE_BYTES,
-    proto::{self, blob_service_client::BlobServiceClient, directory_service_client::DirectoryServiceClient},
+    proto::{
+        self, batch::blob_batch_service_client::BlobBatchServiceClient, blob_service_client::BlobServiceClient,
+        directory_service_client::DirectoryServiceClient,
+    },
 };
 
 /// The transport clients use: a channel speaking the chosen package.
@@ -59,7 +68,7 @@ pub fn connect(url: &url::Url) -> Result<Transport> {
             if path.is_empty() {
                 return Err(bad(&"needs a socket path"));
             }
-            tonic::transport::Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(
+            tuned(tonic::transport::Endpoint::from_static("http://[::1]:50051")).connect_with_connector_lazy(
                 tower::service_fn(move |_: http::Uri| {
                     let path = path.clone();
                     async move { Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
@@ -70,7 +79,8 @@ pub fn connect(url: &url::Url) -> Result<Transport> {
             let host = url.host_str().ok_or_else(|| bad(&"needs a host"))?;
             let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
             let target = format!("{}://{host}{port}", &scheme[5..]);
-            let mut endpoint = tonic::transport::Endpoint::from_shared(target).map_err(|e| bad(&e))?.tcp_nodelay(true);
+            let mut endpoint =
+                tuned(tonic::transport::Endpoint::from_shared(target).map_err(|e| bad(&e))?).tcp_nodelay(true);
             if scheme == "grpc+https" {
                 let tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
                 endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
@@ -84,6 +94,13 @@ pub fn connect(url: &url::Url) -> Result<Transport> {
         Some(t) => transport.with_token(&t),
         None => Ok(transport),
     }
+}
+
+/// HTTP/2 settings for moving blobs: frames of up to 1 MiB (the default
+/// 16 KiB makes a frame, and a read, per 16 KiB received) and flow-control
+/// windows that let a stream run ahead of the reader.
+fn tuned(endpoint: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    endpoint.max_frame_size(1 << 20).initial_stream_window_size(8 << 20).initial_connection_window_size(32 << 20)
 }
 
 /// The token for `url`: its password, percent-decoded, else `from_env`.
@@ -115,15 +132,46 @@ fn not_found<T>(r: Result<T, tonic::Status>) -> Result<Option<T>> {
 }
 
 /// A [`BlobService`] on a remote castore server.
+///
+/// [`BlobService::read_many`] first tries storefront's batch call
+/// ([`crate::proto::batch`]); a server that answers UNIMPLEMENTED (tvix and
+/// snix daemons) is remembered and read blob by blob from then on.
 #[derive(Clone)]
 pub struct GrpcBlobService {
     client: BlobServiceClient<Transport>,
+    batch: BlobBatchServiceClient<Transport>,
+    /// Cleared once the server turned the batch call down.
+    batch_served: Arc<AtomicBool>,
 }
 
 impl GrpcBlobService {
     pub fn new(transport: Transport) -> Self {
-        let client = BlobServiceClient::new(transport).max_decoding_message_size(MAX_MESSAGE);
-        Self { client }
+        let client = BlobServiceClient::new(transport.clone()).max_decoding_message_size(MAX_MESSAGE);
+        let batch = BlobBatchServiceClient::new(transport).max_decoding_message_size(MAX_MESSAGE);
+        Self { client, batch, batch_served: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// One batch call for `wanted` (at most [`MAX_BATCH_DIGESTS`]), or blob
+    /// by blob if the server has no batch call.
+    async fn read_batch(&self, wanted: Vec<(B3Digest, u64)>) -> Result<BoxStream<'_, Result<Bytes>>> {
+        let req = proto::batch::ReadBlobsRequest { digests: wanted.iter().map(|(d, _)| d.to_bytes()).collect() };
+        let pieces = match self.batch.clone().read(req).await {
+            Ok(resp) => resp.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => {
+                tracing::debug!("the server has no batch read; reading blob by blob");
+                self.batch_served.store(false, Ordering::Relaxed);
+                return Ok(read_each(self, wanted));
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let start = Assembly { pieces, wanted, next: 0, carry: None };
+        Ok(futures::stream::try_unfold(start, |mut a| async move {
+            match a.blob().await? {
+                Some(blob) => Ok(Some((blob, a))),
+                None => Ok(None),
+            }
+        })
+        .boxed())
     }
 
     /// Reads a whole blob or chunk that the caller expects to be `digest`.
@@ -193,6 +241,34 @@ impl BlobService for GrpcBlobService {
         Ok(Some(Box::new(StreamingReader::new(self.client.clone(), *digest))))
     }
 
+    async fn read_checked(&self, digest: &B3Digest, size: u64) -> Result<Option<BoxStream<'static, Result<Bytes>>>> {
+        // One call for the whole blob, however it is chunked: checked here
+        // as a whole (the caller learns of a mismatch at the end, before it
+        // uses what it wrote).
+        let req = proto::ReadBlobRequest { digest: digest.to_bytes() };
+        let Some(stream) = not_found_stream(self.client.clone().read(req).await)? else {
+            return Ok(None);
+        };
+        Ok(Some(checked(stream.map_ok(|c| c.data).map_err(Error::from).boxed(), *digest, size)))
+    }
+
+    fn read_many(&self, wanted: Vec<(B3Digest, u64)>) -> BoxStream<'_, Result<Bytes>> {
+        if !self.batch_served.load(Ordering::Relaxed) {
+            return read_each(self, wanted);
+        }
+        let mut groups = Vec::new();
+        let mut rest = wanted;
+        while rest.len() > MAX_BATCH_DIGESTS {
+            let tail = rest.split_off(MAX_BATCH_DIGESTS);
+            groups.push(std::mem::replace(&mut rest, tail));
+        }
+        groups.push(rest);
+        futures::stream::iter(groups)
+            .map(move |group| futures::stream::once(self.read_batch(group)).try_flatten())
+            .flatten()
+            .boxed()
+    }
+
     async fn put(&self, reader: &mut (dyn AsyncRead + Send + Unpin), expected: Option<&B3Digest>) -> Result<B3Digest> {
         let (tx, rx) = tokio::sync::mpsc::channel::<proto::BlobChunk>(4);
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -225,6 +301,79 @@ impl BlobService for GrpcBlobService {
         }
         check_expected(&local, expected)?;
         Ok(local)
+    }
+}
+
+/// Whole blobs put together from the pieces of one batch call, checked
+/// against what was asked: each blob's pieces in turn, exactly its size,
+/// its digest, nothing more after the last.
+struct Assembly {
+    pieces: tonic::Streaming<proto::batch::BlobPiece>,
+    wanted: Vec<(B3Digest, u64)>,
+    /// Index of the blob to put together next.
+    next: usize,
+    /// What was read past the end of the previous blob: its next piece, or
+    /// the error that ended the stream.
+    carry: Option<Result<proto::batch::BlobPiece>>,
+}
+
+impl Assembly {
+    async fn piece(&mut self) -> Result<Option<proto::batch::BlobPiece>> {
+        match self.carry.take() {
+            Some(p) => p.map(Some),
+            None => Ok(self.pieces.message().await?),
+        }
+    }
+
+    async fn blob(&mut self) -> Result<Option<Bytes>> {
+        let Some(&(digest, size)) = self.wanted.get(self.next) else {
+            if let Some(extra) = self.piece().await? {
+                return Err(Error::Storage(format!(
+                    "server sent a piece of blob #{} after the {} blobs asked for",
+                    extra.index,
+                    self.wanted.len()
+                )));
+            }
+            return Ok(None);
+        };
+        let index = self.next;
+        let unexpected = |got: Option<u32>, have: usize| {
+            Error::Storage(match got {
+                Some(i) => format!(
+                    "server sent a piece of blob #{i} while blob #{index} ({digest}) had {have} of {size} bytes"
+                ),
+                None => format!("server ended the batch while blob #{index} ({digest}) had {have} of {size} bytes"),
+            })
+        };
+        let first = match self.piece().await? {
+            Some(p) if p.index as usize == index => p.data,
+            other => return Err(unexpected(other.map(|p| p.index), 0)),
+        };
+        let data = if first.len() as u64 >= size {
+            first
+        } else {
+            let mut data = bytes::BytesMut::with_capacity(size as usize);
+            data.extend_from_slice(&first);
+            while (data.len() as u64) < size {
+                match self.piece().await? {
+                    Some(p) if p.index as usize == index => data.extend_from_slice(&p.data),
+                    other => return Err(unexpected(other.map(|p| p.index), data.len())),
+                }
+            }
+            data.freeze()
+        };
+        // A further piece of this blob makes it longer than its size. (An
+        // error instead is the next blob's: this one is whole.)
+        match self.piece().await {
+            Ok(Some(p)) if p.index as usize == index => {
+                return Err(Error::Storage(format!("server sent more than the {size} bytes of blob {digest}")));
+            }
+            Ok(next) => self.carry = next.map(Ok),
+            Err(e) => self.carry = Some(Err(e)),
+        }
+        check_whole(&digest, size, &data)?;
+        self.next += 1;
+        Ok(Some(data))
     }
 }
 

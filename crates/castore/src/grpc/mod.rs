@@ -12,7 +12,10 @@ mod client;
 mod server;
 
 pub use client::{GrpcBlobService, GrpcDirectoryService, TOKEN_ENV, Transport, connect, redacted};
-pub use server::{BlobServer, DirectoryServer, EXPECTED_DIGEST_HEADER, blob_service_server, directory_service_server};
+pub use server::{
+    BlobBatchServer, BlobServer, DirectoryServer, EXPECTED_DIGEST_HEADER, MAX_BATCH_DIGESTS, blob_batch_server,
+    blob_service_server, directory_service_server,
+};
 
 /// Which generation of the protocol's package names to speak.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +34,10 @@ pub const SERVICE_NAMES: [&str; 4] = [
     "tvix.castore.v1.BlobService",
     "tvix.castore.v1.DirectoryService",
 ];
+
+/// storefront's batch read (not part of either package; see
+/// [`crate::proto::batch`]).
+pub const BATCH_SERVICE_NAME: &str = "storefront.castore.v1.BlobBatchService";
 
 /// Rewrites the package prefix of request paths (`/tvix.` ⇄ `/snix.`),
 /// and on a client adds its `authorization` header to every call.

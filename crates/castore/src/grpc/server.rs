@@ -2,14 +2,17 @@
 use std::{pin::Pin, sync::Arc};
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
-use tokio_util::io::{ReaderStream, StreamReader};
+use futures::{Stream, StreamExt, TryStreamExt, stream::BoxStream};
+use tokio_util::io::StreamReader;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     B3Digest, BlobService, Directory, DirectoryService, Error,
     dirsvc::MAX_CLOSURE_BYTES,
-    proto::{self, blob_service_server::BlobServiceServer, directory_service_server::DirectoryServiceServer},
+    proto::{
+        self, batch::blob_batch_service_server::BlobBatchServiceServer, blob_service_server::BlobServiceServer,
+        directory_service_server::DirectoryServiceServer,
+    },
 };
 
 /// Largest message a client may send: BlobChunks are split as the client
@@ -59,12 +62,12 @@ impl proto::blob_service_server::BlobService for BlobServer {
 
     async fn read(&self, req: Request<proto::ReadBlobRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let digest = parse_digest(&req.into_inner().digest, "digest")?;
-        let reader = self
+        let pieces = self
             .blobs
-            .open_read(&digest)
+            .read_from(&digest, 0)
             .await?
             .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
-        let stream = ReaderStream::with_capacity(reader, READ_CHUNK_SIZE)
+        let stream = at_most(pieces, READ_CHUNK_SIZE)
             .map_ok(|data| proto::BlobChunk { data })
             .map_err(move |e| Status::internal(format!("reading blob {digest}: {e}")));
         Ok(Response::new(Box::pin(stream)))
@@ -84,6 +87,88 @@ impl proto::blob_service_server::BlobService for BlobServer {
         let mut reader = StreamReader::new(stream);
         let digest = self.blobs.put(&mut reader, expected.as_ref()).await?;
         Ok(Response::new(proto::PutBlobResponse { digest: digest.to_bytes() }))
+    }
+}
+
+/// `pieces` cut to at most `max` bytes each (slices, no copies): what
+/// [`BlobService::read_from`] hands out may be larger than a message we send.
+fn at_most(pieces: BoxStream<'static, crate::Result<Bytes>>, max: usize) -> BoxStream<'static, crate::Result<Bytes>> {
+    pieces
+        .map_ok(move |mut piece| {
+            let mut cut = Vec::with_capacity(piece.len() / max + 1);
+            while piece.len() > max {
+                cut.push(Ok(piece.split_to(max)));
+            }
+            cut.push(Ok(piece));
+            futures::stream::iter(cut)
+        })
+        .try_flatten()
+        .boxed()
+}
+
+/// Most digests one [`proto::batch::ReadBlobsRequest`] may name.
+pub const MAX_BATCH_DIGESTS: usize = 4096;
+/// Blobs of one batch read ahead of the one being sent (each opened and its
+/// first piece read), so small blobs are read while others are sent.
+const BATCH_READ_AHEAD: usize = 16;
+
+/// Serves storefront's batch read ([`crate::proto::batch`]) from a
+/// [`BlobService`].
+pub struct BlobBatchServer {
+    blobs: Arc<dyn BlobService>,
+}
+
+/// The tonic service for `storefront.castore.v1.BlobBatchService`.
+pub fn blob_batch_server(blobs: Arc<dyn BlobService>) -> BlobBatchServiceServer<BlobBatchServer> {
+    BlobBatchServiceServer::new(BlobBatchServer { blobs })
+}
+
+#[tonic::async_trait]
+impl proto::batch::blob_batch_service_server::BlobBatchService for BlobBatchServer {
+    type ReadStream = ServerStream<proto::batch::BlobPiece>;
+
+    async fn read(&self, req: Request<proto::batch::ReadBlobsRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let req = req.into_inner();
+        if req.digests.len() > MAX_BATCH_DIGESTS {
+            return Err(Status::invalid_argument(format!(
+                "{} digests asked for; at most {MAX_BATCH_DIGESTS} per call",
+                req.digests.len()
+            )));
+        }
+        let digests = req
+            .digests
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| parse_digest(raw, &format!("digest #{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let blobs = self.blobs.clone();
+        let stream = futures::stream::iter(digests.into_iter().zip(0u32..))
+            .map(move |(digest, index)| {
+                let blobs = blobs.clone();
+                async move {
+                    let mut pieces = blobs
+                        .read_from(&digest, 0)
+                        .await
+                        .map_err(Status::from)?
+                        .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+                    let first = pieces.next().await.transpose().map_err(|e| read_error(&digest, e))?;
+                    let rest = at_most(pieces, READ_CHUNK_SIZE).map_err(move |e| read_error(&digest, e));
+                    let first =
+                        at_most(futures::stream::iter([Ok(first.unwrap_or_default())]).boxed(), READ_CHUNK_SIZE)
+                            .map_err(move |e| read_error(&digest, e));
+                    Ok::<_, Status>(first.chain(rest).map_ok(move |data| proto::batch::BlobPiece { index, data }))
+                }
+            })
+            .buffered(BATCH_READ_AHEAD)
+            .try_flatten();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn read_error(digest: &B3Digest, e: Error) -> Status {
+    match e {
+        Error::NotFound(m) => Status::not_found(m),
+        e => Status::internal(format!("reading blob {digest}: {e}")),
     }
 }
 

@@ -30,7 +30,7 @@ mod sha;
 mod wire;
 
 pub use ingest::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_FILE_SIZE, IngestOptions, Ingested, ingest, ingest_with};
-pub use render::{NarReader, calculate};
+pub use render::{NarReader, calculate, layout_of};
 
 /// Why a NAR was refused: the input is malformed at a byte offset, the
 /// store failed, or reading the input failed.

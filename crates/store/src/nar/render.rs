@@ -134,9 +134,17 @@ async fn layout(node: &Node, directories: &dyn DirectoryService) -> Result<Layou
         }
         _ => HashMap::new(),
     };
+    layout_of(node, &dirs)
+}
+
+/// The NAR of `node` laid out from its directory closure `dirs` at hand
+/// (empty for a file or symlink): tokens as literal bytes, each file's
+/// contents a blob segment. For callers that have the closure already (the
+/// fetcher, which hashes a tree it just wrote).
+pub fn layout_of(node: &Node, dirs: &HashMap<B3Digest, Directory>) -> Result<Layout, Error> {
     let mut b = Builder::default();
     b.token(wire::MAGIC)?;
-    b.node(node, &dirs)?;
+    b.node(node, dirs)?;
     Ok(b.0.finish())
 }
 
