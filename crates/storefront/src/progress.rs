@@ -7,6 +7,9 @@ use std::{io::IsTerminal, time::Duration};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
+/// Shortest time between two renders of the bar.
+const RENDER_EVERY: Duration = Duration::from_millis(50);
+
 /// A running display; [`ProgressDisplay::finish`] clears it.
 pub(crate) struct ProgressDisplay {
     task: Option<(ProgressBar, tokio::task::JoinHandle<()>)>,
@@ -35,6 +38,9 @@ impl ProgressDisplay {
             while rx.changed().await.is_ok() {
                 let value = rx.borrow_and_update().clone();
                 render(&shown, &value);
+                // At most this often: a fetch publishes progress per file,
+                // thousands of times a second, and each wake-up costs.
+                tokio::time::sleep(RENDER_EVERY).await;
             }
         });
         Self { task: Some((bar, task)) }

@@ -607,6 +607,9 @@ impl Writer<'_> {
                 }
             }
         }
+        if contents.is_empty() {
+            return Ok(()); // all linked
+        }
         let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
         let contents = blocking(move || {
             for (data, _, (digest, size, exec, rel)) in &contents {
@@ -733,13 +736,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// In Nix's layout the contents, checked, are also remembered on the inode
 /// ([`remember`]).
 fn finish_file(file: &File, mode: u32, layout: Layout, digest: &B3Digest, size: u64) -> Result<()> {
-    // The umask may have narrowed the mode.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    // The umask may have narrowed the mode the file was created with.
+    if umask().is_none_or(|m| mode & m != 0) {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     if layout == Layout::NixStore {
         remember(file, digest, size);
         file.set_times(std::fs::FileTimes::new().set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1)))?;
     }
     Ok(())
+}
+
+/// The process's umask, from `/proc/self/status` (reading it with
+/// `umask(2)` means setting it, which races with other threads creating
+/// files); `None` where that is not available.
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 /// The extended attribute that records, on a file this module wrote (or
@@ -769,17 +786,21 @@ fn remember(file: &File, digest: &B3Digest, size: u64) {
     }
 }
 
-/// Whether `file` (already found regular, of `size` bytes, Nix's mode and
-/// mtime 1) is remembered to hold `digest`. Changing a file's contents
+/// The digest `file` (already found regular, of `size` bytes, Nix's mode
+/// and mtime 1) is remembered to hold, if any. Changing a file's contents
 /// changes its mtime, which then is no longer 1, so what this trusts is
 /// that nobody rewrote the file and set its time back (which takes its
 /// owner, root in a Nix store), the trust `nix-store --optimise` puts in
 /// the files it links to.
-fn remembered(file: &File, digest: &B3Digest, size: u64) -> bool {
+fn remembered(file: &File, size: u64) -> Option<B3Digest> {
     let mut value = [0u8; 40];
     // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
     let n = unsafe { libc::fgetxattr(file.as_raw_fd(), REMEMBERED.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    n == 40 && value[..32] == digest.as_bytes()[..] && value[32..] == size.to_le_bytes()
+    if n != 40 || value[32..] != size.to_le_bytes() {
+        return None;
+    }
+    let digest: [u8; 32] = value[..32].try_into().expect("32 bytes");
+    Some(B3Digest::from(digest))
 }
 
 /// Sets the modification time to 1 without following a symlink (the link
@@ -941,12 +962,18 @@ fn link_local(
         if meta.mode() & 0o7777 != mode || meta.mtime() != 1 {
             continue;
         }
-        if !remembered(&src, digest, size) {
-            if hash_file(&src, size).ok() != Some(*digest) {
+        match remembered(&src, size) {
+            Some(known) if known == *digest => {}
+            // Known to hold other bytes (a file that changed between builds).
+            Some(_) => {
                 wrong.push(i);
                 continue;
             }
-            remember(&src, digest, size);
+            None if hash_file(&src, size).ok() == Some(*digest) => remember(&src, digest, size),
+            None => {
+                wrong.push(i);
+                continue;
+            }
         }
         let result = gate.create(|| {
             if rel.as_os_str().is_empty() {
@@ -1226,9 +1253,9 @@ mod tests {
         assert_eq!(stage(&blobs, &dirs, &node, &first, &nix).await.unwrap().commit().unwrap(), Commit::Created);
         let open = |p: &str| File::open(first.join(p)).unwrap();
         if REMEMBERING.load(Ordering::Relaxed) {
-            assert!(remembered(&open("sub/big"), &B3Digest::of(&big), big.len() as u64));
-            assert!(remembered(&open("small"), &B3Digest::of(b"small\n"), 6));
-            assert!(!remembered(&open("small"), &B3Digest::of(b"small\n"), 7), "the size is part of it");
+            assert_eq!(remembered(&open("sub/big"), big.len() as u64), Some(B3Digest::of(&big)));
+            assert_eq!(remembered(&open("small"), 6), Some(B3Digest::of(b"small\n")));
+            assert_eq!(remembered(&open("small"), 7), None, "the size is part of it");
         }
         let offer: Arc<dyn LocalFiles> = Arc::new(Offer(
             ["sub/big", "small"].iter().map(|r| LocalFile { dir: first.clone(), rel: r.into() }).collect(),
