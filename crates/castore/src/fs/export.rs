@@ -43,6 +43,9 @@ use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Node, Res
 const PARALLEL_JOBS: usize = 4;
 /// Buffer for copying or hashing a large local file.
 const COPY_BUFFER: usize = 256 << 10;
+/// Bytes of small files read from disk to be copied that one tree holds in
+/// memory at once.
+const LOCAL_HELD: u64 = 64 << 20;
 /// Pieces of a fetched file queued for its writer thread.
 const WRITE_QUEUE: usize = 8;
 /// Longest part of the target's name kept in its temporary sibling's name,
@@ -361,6 +364,10 @@ pub async fn stage(
 
 /// A file to write: digest, size, executable, path below the root.
 type PlannedFile = (B3Digest, u64, bool, PathBuf);
+/// A tree's directories and symlinks, for [`finish_dirs`].
+type TreeDirs = (Vec<PathBuf>, Vec<(PathBuf, Bytes)>);
+/// A small file to write, with its contents when they were read from disk.
+type SmallFile = (PlannedFile, Option<Vec<u8>>);
 
 /// Everything below a directory root, in the order it is created.
 #[derive(Default)]
@@ -493,94 +500,101 @@ impl Writer<'_> {
 
     async fn write_tree(&self, plan: Plan) -> Result<()> {
         let Plan { dirs, symlinks, files } = plan;
-        // Directories and symlinks in one trip to the blocking pool.
+        let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= SMALL_FILE);
+        // One trip to the blocking pool makes the directories and symlinks
+        // and takes what it can of the small files from disk: linked, or
+        // read to be copied. A tree made only of linked files is finished
+        // (directories read-only) in the same trip.
+        let layout = self.layout();
+        let candidates: Vec<Vec<LocalFile>> = small.iter().map(|f| self.candidates(&f.0, &f.3)).collect();
         let (root, gate) = (self.root.clone(), self.gate.clone());
-        let (dirs, symlinks) = blocking(move || {
+        let no_large = large.is_empty();
+        let (dirs, symlinks, linked, rest, finished) = blocking(move || {
             for d in &dirs {
                 gate.create(|| std::fs::create_dir(below(&root, d)))?;
             }
             for (s, target) in &symlinks {
                 gate.create(|| std::os::unix::fs::symlink(OsStr::from_bytes(target), below(&root, s)))?;
             }
-            Ok((dirs, symlinks))
+            let (mut linked, mut rest, mut held) = (Vec::new(), Vec::new(), 0u64);
+            for (f, mut c) in small.into_iter().zip(candidates) {
+                if c.is_empty() {
+                    rest.push((f, None));
+                    continue;
+                }
+                let mode = layout.file_mode(f.2);
+                if layout == Layout::NixStore && link_local(&mut c, &f.0, f.1, mode, (&root, &f.3), &gate)? {
+                    linked.push(f);
+                } else {
+                    // Copies wait in memory for their write: up to a bound,
+                    // past which the blob service is asked instead.
+                    let local = (held + f.1 <= LOCAL_HELD).then(|| read_local(&c, &f.0, f.1)).flatten();
+                    held += local.as_ref().map_or(0, |d| d.len() as u64);
+                    rest.push((f, local));
+                }
+            }
+            let finished = rest.is_empty() && no_large && layout == Layout::NixStore;
+            if finished {
+                finish_dirs(&root, &dirs, &symlinks)?;
+            }
+            Ok((dirs, symlinks, linked, rest, finished))
         })
         .await?;
+        for (digest, size, _, rel) in linked {
+            self.count(Source::Copied, size);
+            self.written(rel, digest, size);
+        }
+        if finished {
+            return Ok(());
+        }
 
-        let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= SMALL_FILE);
         let mut batcher = Batcher::new();
-        let mut batches: Vec<Vec<PlannedFile>> = small
+        let mut batches: Vec<Vec<SmallFile>> = rest
             .into_iter()
             .filter_map(|f| {
-                let size = f.1;
+                let size = f.0.1;
                 batcher.push(f, size)
             })
             .collect();
         batches.extend(batcher.finish());
+        let layout_dirs = (layout == Layout::NixStore).then_some((dirs, symlinks));
+        // One batch and nothing else: its trip finishes the directories too.
+        let (mut finish, finish_after) = match (batches.len(), no_large) {
+            (1, true) => (layout_dirs, None),
+            _ => (None, layout_dirs),
+        };
         enum Job {
-            Small(Vec<PlannedFile>),
+            Small(Vec<SmallFile>),
             Large(PlannedFile),
         }
         let jobs = batches.into_iter().map(Job::Small).chain(large.into_iter().map(Job::Large));
         futures::stream::iter(jobs)
-            .map(|job| async move {
-                match job {
-                    Job::Small(batch) => self.write_small(batch).await,
-                    Job::Large((digest, size, exec, rel)) => self.write_large(digest, size, exec, rel).await,
+            .map(|job| {
+                let finish = finish.take();
+                async move {
+                    match job {
+                        Job::Small(batch) => self.write_small(batch, finish).await,
+                        Job::Large((digest, size, exec, rel)) => self.write_large(digest, size, exec, rel).await,
+                    }
                 }
             })
             .buffer_unordered(PARALLEL_JOBS)
             .try_collect::<()>()
             .await?;
 
-        if self.layout() == Layout::NixStore {
-            // Directories last, deepest first: creating an entry changes its
-            // directory's time, and a read-only directory takes no entries.
+        if let Some((dirs, symlinks)) = finish_after {
             let root = self.root.clone();
-            blocking(move || {
-                for (s, _) in &symlinks {
-                    set_mtime_nofollow(&below(&root, s))?;
-                }
-                for d in dirs.iter().rev() {
-                    let path = below(&root, d);
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
-                    set_mtime_nofollow(&path)?;
-                }
-                Ok(())
-            })
-            .await?;
+            blocking(move || finish_dirs(&root, &dirs, &symlinks)).await?;
         }
         Ok(())
     }
 
-    /// Small files: identical local files linked or read (one trip to the
-    /// blocking pool), the rest read in one [`BlobService::read_many`]
-    /// (checked there), then all written in one more trip.
-    async fn write_small(&self, batch: Vec<PlannedFile>) -> Result<()> {
-        let candidates: Vec<Vec<LocalFile>> = batch.iter().map(|f| self.candidates(&f.0, &f.3)).collect();
-        let mut local: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
-        let mut batch = batch;
-        if candidates.iter().any(|c| !c.is_empty()) {
-            let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
-            let (linked, rest, read) = blocking(move || {
-                let (mut linked, mut rest, mut read) = (Vec::new(), Vec::new(), Vec::new());
-                for (f, mut c) in batch.into_iter().zip(candidates) {
-                    let mode = layout.file_mode(f.2);
-                    if layout == Layout::NixStore && link_local(&mut c, &f.0, f.1, mode, (&root, &f.3), &gate)? {
-                        linked.push(f);
-                    } else {
-                        read.push(read_local(&c, &f.0, f.1));
-                        rest.push(f);
-                    }
-                }
-                Ok((linked, rest, read))
-            })
-            .await?;
-            for (digest, size, _, rel) in linked {
-                self.count(Source::Copied, size);
-                self.written(rel, digest, size);
-            }
-            (batch, local) = (rest, read);
-        }
+    /// Small files (with their contents, when read from disk already): the
+    /// rest read in one [`BlobService::read_many`] (checked there), then all
+    /// written in one trip to the blocking pool, which also finishes the
+    /// tree's directories when given them (`finish`).
+    async fn write_small(&self, batch: Vec<SmallFile>, finish: Option<TreeDirs>) -> Result<()> {
+        let (batch, local): (Vec<PlannedFile>, Vec<Option<Vec<u8>>>) = batch.into_iter().unzip();
         let wanted: Vec<(B3Digest, u64)> =
             batch.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(f, _)| (f.0, f.1)).collect();
         let mut fetched = self.blobs.read_many(wanted);
@@ -607,9 +621,6 @@ impl Writer<'_> {
                 }
             }
         }
-        if contents.is_empty() {
-            return Ok(()); // all linked
-        }
         let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
         let contents = blocking(move || {
             for (data, _, (digest, size, exec, rel)) in &contents {
@@ -619,6 +630,9 @@ impl Writer<'_> {
                 })?;
                 file.write_all(data)?;
                 finish_file(&file, mode, layout, digest, *size)?;
+            }
+            if let Some((dirs, symlinks)) = &finish {
+                finish_dirs(&root, dirs, symlinks)?;
             }
             Ok(contents)
         })
@@ -719,6 +733,22 @@ fn for_path(e: Error, path: &Path) -> Error {
         Error::Storage(m) => Error::Storage(at(m)),
         e => e,
     }
+}
+
+/// In Nix's layout, the last step of a tree: symlinks and directories get
+/// mtime 1 and directories become read-only, deepest first (creating an
+/// entry changes its directory's time, and a read-only directory takes no
+/// entries).
+fn finish_dirs(root: &Path, dirs: &[PathBuf], symlinks: &[(PathBuf, Bytes)]) -> Result<()> {
+    for (s, _) in symlinks {
+        set_mtime_nofollow(&below(root, s))?;
+    }
+    for d in dirs.iter().rev() {
+        let path = below(root, d);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
+        set_mtime_nofollow(&path)?;
+    }
+    Ok(())
 }
 
 /// `rel` below `root`; the root itself for an empty `rel` (where `join`
