@@ -184,12 +184,14 @@ pub fn read_each<S: BlobService + ?Sized>(blobs: &S, wanted: Vec<(B3Digest, u64)
 pub(crate) fn check_whole(digest: &B3Digest, size: u64, data: &[u8]) -> Result<()> {
     let actual = B3Digest::of(data);
     if actual != *digest || data.len() as u64 != size {
-        return Err(crate::Error::Storage(format!(
-            "blob {digest} ({size} bytes) read as {actual} ({} bytes)",
-            data.len()
-        )));
+        return Err(mismatch(digest, size, &actual, data.len() as u64));
     }
     Ok(())
+}
+
+/// A blob that read as other bytes than its digest and size say.
+fn mismatch(digest: &B3Digest, size: u64, actual: &B3Digest, len: u64) -> crate::Error {
+    crate::Error::Storage(format!("blob {digest} ({size} bytes) read as {actual} ({len} bytes)"))
 }
 
 /// `pieces` of the blob `digest` of `size` bytes, hashed as they pass: an
@@ -226,9 +228,7 @@ pub fn checked(
                 if actual == digest && c.seen == size {
                     return None;
                 }
-                let e =
-                    crate::Error::Storage(format!("blob {digest} ({size} bytes) read as {actual} ({} bytes)", c.seen));
-                Some((Err(e), c))
+                Some((Err(mismatch(&digest, size, &actual, c.seen)), c))
             }
         }
     })
