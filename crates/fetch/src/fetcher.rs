@@ -109,14 +109,16 @@ enum Outcome {
 /// PathInfo services into a directory, as `<dir>/<hash>-<name>`.
 ///
 /// Every path is written beside its target, verified (each blob's BLAKE3
-/// as it streams, each directory's digest, and the NAR serialisation of
-/// the finished tree on disk against the PathInfo's NarHash and NarSize;
-/// with trusted keys, a signature over all of that), laid out as Nix lays
-/// out its store (read-only, mtime 1), and renamed into place without
+/// as it arrives, each directory's digest; with trusted keys, into the host
+/// Nix store or with [`Fetcher::check_nar_hash`], also the NAR
+/// serialisation of the finished tree against the PathInfo's NarHash and
+/// NarSize; with trusted keys, a signature over those), laid out as Nix
+/// lays out its store (read-only, mtime 1), and renamed into place without
 /// replacing anything. A failure anywhere removes what was being written;
 /// paths already placed stay (they are complete). Identical file contents
 /// already on disk (present paths of the closure, files placed earlier in
-/// the fetch) are copied, and checked, rather than fetched.
+/// the fetch, the same places in earlier builds of the same packages) are
+/// linked or copied, and checked, rather than fetched.
 pub struct Fetcher {
     blobs: Arc<dyn BlobService>,
     directories: Arc<dyn DirectoryService>,
@@ -276,7 +278,7 @@ impl Fetcher {
                     index: index.clone(),
                     earlier: earlier.get(info.store_path.name()).cloned().unwrap_or_default(),
                 });
-                let outcome = self.fetch_one(&info, target_dir, index, local, report).await?;
+                let outcome = self.fetch_one(&info, target_dir, local, report).await?;
                 report.progress.send_modify(|p| p.paths_done += 1);
                 Ok::<_, FetchError>((info.store_path, outcome))
             })
@@ -380,7 +382,6 @@ impl Fetcher {
         &self,
         info: &PathInfo,
         target_dir: &Path,
-        index: &Arc<LocalIndex>,
         local: Arc<PathCandidates>,
         report: &Report,
     ) -> Result<Outcome, FetchError> {
@@ -397,7 +398,7 @@ impl Fetcher {
         let options = ExportOptions {
             layout: Layout::NixStore,
             retain_bytes: if self.checks_nar_hash() { RETAIN_BYTES } else { 0 },
-            local: Some(local),
+            local: Some(local.clone()),
             on_bytes: Some(Arc::new(move |source, n| {
                 match source {
                     Source::Fetched => bytes.fetched.fetch_add(n, Ordering::Relaxed),
@@ -428,7 +429,7 @@ impl Fetcher {
         report.progress.send_modify(|p| p.bytes_done += info.nar_size.saturating_sub(written));
         match commit {
             Commit::Created => {
-                index.add_staged(&base, &files);
+                local.index.add_staged(&base, &files);
                 Ok(Outcome::Fetched { nar_bytes: info.nar_size })
             }
             // Another fetch placed the path meanwhile: complete and checked

@@ -5,17 +5,18 @@
 //! - [`Fetcher`] walks the closure of the roots through PathInfo
 //!   references, skips paths present in the target directory, and writes
 //!   the others several at a time: directory closures with one recursive
-//!   Get, blobs streamed (chunk by chunk where the store chunks them), or
+//!   Get, small files in batches and large ones streamed whole, or
 //!   identical files already on disk hard-linked or copied, everything
-//!   checked against its digest. Each path is built beside its target, hashed as a
-//!   NAR from disk and compared with its PathInfo (and, with trusted keys,
-//!   its signature), then renamed into place: a path appears whole and
-//!   verified, or not at all. Progress is published on a watch channel.
+//!   checked against its digest. Each path is built beside its target,
+//!   compared with its NarHash where keys, the host Nix store or the caller
+//!   ask for it (and, with trusted keys, its signature), then renamed into
+//!   place: a path appears whole and verified, or not at all. Progress is
+//!   published on a watch channel.
 //! - [`HostNix`] and [`register_with_nix`] make paths fetched into the
 //!   host's Nix store valid there (`nix-store --register-validity`) and add
 //!   GC roots (`nix-store --add-root`).
 //! - [`nar_hash_of_tree`] is the NAR hash of a tree on disk, streamed and
-//!   never written.
+//!   never written (how a path found on disk is checked).
 mod error;
 mod fetcher;
 mod local;

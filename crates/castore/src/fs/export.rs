@@ -599,28 +599,25 @@ impl Writer<'_> {
             batch.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(f, _)| (f.0, f.1)).collect();
         let mut fetched = self.blobs.read_many(wanted);
         let mut contents: Vec<(Bytes, Source, PlannedFile)> = Vec::with_capacity(batch.len());
-        let mut fetched_paths = batch.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(f, _)| &f.3);
-        let mut fetched_data = Vec::new();
-        while let Some(data) = fetched.next().await {
-            let rel = fetched_paths.next().expect("one blob per file asked for");
-            fetched_data.push(data.map_err(|e| for_path(e, &below(&self.root, rel)))?);
+        for (f, l) in batch.into_iter().zip(local) {
+            let (data, source) = match l {
+                Some(data) => (Bytes::from(data), Source::Copied),
+                None => {
+                    let path = below(&self.root, &f.3);
+                    let data = fetched.next().await.ok_or_else(|| {
+                        Error::Storage(format!("the blob service sent no contents for {}", path.display()))
+                    })?;
+                    (data.map_err(|e| for_path(e, &path))?, Source::Fetched)
+                }
+            };
+            contents.push((data, source, f));
+        }
+        // Its end, where a service that sent more than was asked says so.
+        if let Some(extra) = fetched.next().await {
+            extra?;
+            return Err(Error::Storage("the blob service sent more blobs than were asked for".into()));
         }
         drop(fetched);
-        let mut fetched_data = fetched_data.into_iter();
-        for (f, l) in batch.into_iter().zip(local) {
-            match l {
-                Some(data) => contents.push((Bytes::from(data), Source::Copied, f)),
-                None => {
-                    let data = fetched_data.next().ok_or_else(|| {
-                        Error::Storage(format!(
-                            "the blob service sent no contents for {}",
-                            below(&self.root, &f.3).display()
-                        ))
-                    })?;
-                    contents.push((data, Source::Fetched, f));
-                }
-            }
-        }
         let (root, layout, gate) = (self.root.clone(), self.layout(), self.gate.clone());
         let contents = blocking(move || {
             for (data, _, (digest, size, exec, rel)) in &contents {

@@ -62,11 +62,7 @@ impl proto::blob_service_server::BlobService for BlobServer {
 
     async fn read(&self, req: Request<proto::ReadBlobRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let digest = parse_digest(&req.into_inner().digest, "digest")?;
-        let pieces = self
-            .blobs
-            .read_from(&digest, 0)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let pieces = pieces_of(&*self.blobs, digest).await?;
         let stream = at_most(pieces, READ_CHUNK_SIZE)
             .map_ok(|data| proto::BlobChunk { data })
             .map_err(move |e| Status::internal(format!("reading blob {digest}: {e}")));
@@ -146,23 +142,29 @@ impl proto::batch::blob_batch_service_server::BlobBatchService for BlobBatchServ
             .map(move |(digest, index)| {
                 let blobs = blobs.clone();
                 async move {
-                    let mut pieces = blobs
-                        .read_from(&digest, 0)
-                        .await
-                        .map_err(Status::from)?
-                        .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+                    let mut pieces = pieces_of(&*blobs, digest).await?;
+                    // Read now (ahead of sending); an empty blob is one empty piece.
                     let first = pieces.next().await.transpose().map_err(|e| read_error(&digest, e))?;
-                    let rest = at_most(pieces, READ_CHUNK_SIZE).map_err(move |e| read_error(&digest, e));
-                    let first =
-                        at_most(futures::stream::iter([Ok(first.unwrap_or_default())]).boxed(), READ_CHUNK_SIZE)
-                            .map_err(move |e| read_error(&digest, e));
-                    Ok::<_, Status>(first.chain(rest).map_ok(move |data| proto::batch::BlobPiece { index, data }))
+                    let whole = futures::stream::iter([Ok(first.unwrap_or_default())]).chain(pieces).boxed();
+                    Ok::<_, Status>(
+                        at_most(whole, READ_CHUNK_SIZE)
+                            .map_err(move |e| read_error(&digest, e))
+                            .map_ok(move |data| proto::batch::BlobPiece { index, data }),
+                    )
                 }
             })
             .buffered(BATCH_READ_AHEAD)
             .try_flatten();
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The blob's bytes from its start, or NOT_FOUND.
+async fn pieces_of(
+    blobs: &dyn BlobService,
+    digest: B3Digest,
+) -> Result<BoxStream<'static, crate::Result<Bytes>>, Status> {
+    blobs.read_from(&digest, 0).await?.ok_or_else(|| Status::not_found(format!("blob {digest} not found")))
 }
 
 fn read_error(digest: &B3Digest, e: Error) -> Status {

@@ -259,8 +259,7 @@ impl Inner {
     }
 
     fn chunk_path(&self, key: &[u8]) -> PathBuf {
-        let hex = data_encoding::HEXLOWER.encode(key);
-        self.chunks.join(&hex[..2]).join(hex)
+        self.chunks.join(chunk_relative(key))
     }
 
     /// Writes queued chunk puts until the queue is empty.
@@ -310,8 +309,9 @@ impl Inner {
     }
 
     fn write_chunk(&self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
-        let hex = data_encoding::HEXLOWER.encode(key);
-        let relative = CString::new(format!("{}/{hex}", &hex[..2])).map_err(std::io::Error::other)?;
+        let name = chunk_relative(key);
+        let shard = &name[..2];
+        let relative = CString::new(name.as_str()).map_err(std::io::Error::other)?;
         let dir = self.chunks_dir.as_raw_fd();
         let repair = match size_at(dir, &relative) {
             Ok(len) if len == value.len() as u64 => return Ok(()),
@@ -322,7 +322,7 @@ impl Inner {
             Err(e) => return Err(e),
         };
         if !repair && self.tmpfile.load(Ordering::Relaxed) {
-            match write_linked(dir, &hex[..2], &relative, value) {
+            match write_linked(dir, shard, &relative, value) {
                 Ok(()) => {
                     if value.len() < WRITEBACK_NOW {
                         self.unsynced_small.fetch_add(1, Ordering::Relaxed);
@@ -359,6 +359,13 @@ enum Cached {
     Absent,
     /// Not (wholly) in the page cache: read it in the blocking pool.
     Miss,
+}
+
+/// A chunk's file below the chunk directory: `ab/abcd…` (hex of its key,
+/// in a shard named by the first byte).
+fn chunk_relative(key: &[u8]) -> String {
+    let hex = data_encoding::HEXLOWER.encode(key);
+    format!("{}/{hex}", &hex[..2])
 }
 
 /// Reads a chunk file on the calling (runtime) thread when the page cache
@@ -550,15 +557,14 @@ fn commit_group(
 impl KvStore for EmbeddedStore {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>> {
         if table == Table::CHUNKS {
-            let path = self.inner.chunk_path(key);
-            let hex = data_encoding::HEXLOWER.encode(key);
-            let relative = CString::new(format!("{}/{hex}", &hex[..2])).map_err(Error::storage)?;
+            let name = chunk_relative(key);
+            let relative = CString::new(name.as_str()).map_err(Error::storage)?;
             match read_cached_chunk(self.inner.chunks_dir.as_raw_fd(), &relative) {
                 Ok(Cached::Hit(data)) => return Ok(Some(data)),
                 Ok(Cached::Absent) => return Ok(None),
                 Ok(Cached::Miss) | Err(_) => {} // from the disk, in the blocking pool
             }
-            return match tokio::fs::read(path).await {
+            return match tokio::fs::read(self.inner.chunks.join(name)).await {
                 Ok(data) => Ok(Some(data.into())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e.into()),
