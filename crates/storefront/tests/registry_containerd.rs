@@ -23,25 +23,17 @@ use common::{Server, nix, storefront};
 use containerd::Containerd;
 
 const NAMESPACE: &str = "storefront-test";
-/// Where Debian's `busybox-static` puts its binary.
-const HOST_BUSYBOX: &str = "/bin/busybox";
 const GREETING: &str = "hello from a Nix-built program";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Two derivations: the host's static busybox copied into the store, and a
 /// script run by it (so the script refers to the busybox path). Built with
 /// the sandbox off (the builder reads /bin/busybox).
-fn closure_expr(busybox: &str) -> String {
+fn closure_expr() -> String {
     format!(
         r#"
 let
-{mk}  busybox = mk "sf-ctr-busybox" ''
-    set -e
-    mkdir -p $out/bin
-    cp {busybox} $out/bin/busybox
-    chmod 0555 $out/bin/busybox
-  '';
-in mk "sf-ctr-hello" ''
+{mk}{busybox}in mk "sf-ctr-hello" ''
   set -e
   mkdir -p $out/bin
   printf '#!${{busybox}}/bin/busybox sh\necho "{GREETING}: $*"\n' > $out/bin/hello
@@ -49,6 +41,7 @@ in mk "sf-ctr-hello" ''
 ''
 "#,
         mk = nix::mk_binding("storefront-containerd-test-v1"),
+        busybox = nix::busybox_binding("sf-ctr-busybox"),
     )
 }
 
@@ -87,10 +80,10 @@ struct Closure {
 }
 
 fn build_closure() -> Closure {
-    assert_static_elf(Path::new(HOST_BUSYBOX));
+    assert_static_elf(Path::new(nix::HOST_BUSYBOX));
     let dir = tempfile::tempdir().expect("temp dir");
     let expr = dir.path().join("closure.nix");
-    std::fs::write(&expr, closure_expr(HOST_BUSYBOX)).expect("writing closure.nix");
+    std::fs::write(&expr, closure_expr()).expect("writing closure.nix");
     let out_link: PathBuf = dir.path().join("result");
     let hello = nix::run(
         Command::new(nix::tool("nix-build"))

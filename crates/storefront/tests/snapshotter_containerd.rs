@@ -32,7 +32,6 @@ use serde_json::{Value, json};
 
 const NAMESPACE: &str = "sf-snapshotter-test";
 const SNAPSHOTTER: &str = "storefront";
-const HOST_BUSYBOX: &str = "/bin/busybox";
 const GREETING: &str = "hello through the storefront snapshotter";
 const NOTE: &str = "a note fetched over gRPC";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -51,13 +50,7 @@ fn closure_expr() -> String {
     format!(
         r#"
 let
-{mk}  busybox = mk "sf-snap-busybox" ''
-    set -e
-    mkdir -p $out/bin
-    cp {HOST_BUSYBOX} $out/bin/busybox
-    chmod 0555 $out/bin/busybox
-  '';
-  blob = mk "sf-snap-blob" ''seq 1 800000 > $out'';
+{mk}{busybox}  blob = mk "sf-snap-blob" ''seq 1 800000 > $out'';
   note = mk "sf-snap-note" ''
     set -e
     mkdir -p $out
@@ -72,6 +65,7 @@ let
 in {{ inherit hello note; }}
 "#,
         mk = nix::mk_binding("storefront-snapshotter-test-v1"),
+        busybox = nix::busybox_binding("sf-snap-busybox"),
     )
 }
 
@@ -317,7 +311,7 @@ fn push_busybox_plus_nix_layer(server: &Server, ca: &Path, nix_repo: &str, repo:
     let dir = tempfile::tempdir().expect("temp dir");
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(tree.join("bin")).unwrap();
-    std::fs::copy(HOST_BUSYBOX, tree.join("bin/busybox")).unwrap();
+    std::fs::copy(nix::HOST_BUSYBOX, tree.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).unwrap();
     let tar = dir.path().join("base.tar");
     nix::run(

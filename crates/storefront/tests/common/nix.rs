@@ -35,6 +35,25 @@ pub fn mk_binding(salt: &str) -> String {
     )
 }
 
+/// Where Debian's `busybox-static` puts its binary.
+pub const HOST_BUSYBOX: &str = "/bin/busybox";
+
+/// `busybox = mk "NAME" …;`, a binding (after [`mk_binding`]) of a
+/// derivation holding the host's static busybox as `$out/bin/busybox`: a
+/// shell for images that have none. Its builder reads [`HOST_BUSYBOX`], so
+/// the sandbox must be off.
+pub fn busybox_binding(name: &str) -> String {
+    format!(
+        r#"  busybox = mk "{name}" ''
+    set -e
+    mkdir -p $out/bin
+    cp {HOST_BUSYBOX} $out/bin/busybox
+    chmod 0555 $out/bin/busybox
+  '';
+"#
+    )
+}
+
 /// The fixture's Nix expression: five derivations with files, executables,
 /// relative, absolute and dangling symlinks, empty files and directories,
 /// nested directories, a multi-MiB file, a single-file output, an output
