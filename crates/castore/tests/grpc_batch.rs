@@ -113,3 +113,97 @@ async fn read_checked_checks_size_and_digest() {
     }
     assert!(client.read_checked(&B3Digest::of(b"absent"), 6).await.unwrap().is_none());
 }
+
+/// Malformed requests are refused whole, with INVALID_ARGUMENT: a digest
+/// that is not 32 bytes (named by its position), more digests than a call
+/// may carry.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_batches_are_refused() {
+    use castore::proto::batch::{ReadBlobsRequest, blob_batch_service_client::BlobBatchServiceClient};
+    let (blobs, all) = stored().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("blobs.sock");
+    serve(&sock, blobs, false, true).await;
+    let url = url::Url::parse(&format!("grpc+unix:{}", sock.display())).unwrap();
+    let mut client = BlobBatchServiceClient::new(castore::grpc::connect(&url).unwrap());
+
+    let good = B3Digest::of(&all[0]).to_bytes();
+    let short = Bytes::from_static(b"too short");
+    let err = client.read(ReadBlobsRequest { digests: vec![good.clone(), short] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("digest #1"), "{err:?}");
+
+    let too_many = vec![good.clone(); castore::grpc::MAX_BATCH_DIGESTS + 1];
+    let err = client.read(ReadBlobsRequest { digests: too_many }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains(&format!("at most {}", castore::grpc::MAX_BATCH_DIGESTS)), "{err:?}");
+
+    // The most a call may carry is served.
+    let mut pieces = client
+        .read(ReadBlobsRequest { digests: vec![good; castore::grpc::MAX_BATCH_DIGESTS] })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(piece) = pieces.message().await.unwrap() {
+        assert_eq!(piece.data, all[0]);
+        last = Some(piece.index);
+    }
+    assert_eq!(last, Some(castore::grpc::MAX_BATCH_DIGESTS as u32 - 1));
+}
+
+/// Pieces of a batch answer: (blob index, bytes).
+type Pieces = Vec<(u32, Bytes)>;
+
+/// A batch service that answers every call with these pieces.
+struct Scripted(Pieces);
+
+#[tonic::async_trait]
+impl castore::proto::batch::blob_batch_service_server::BlobBatchService for Scripted {
+    type ReadStream = futures::stream::BoxStream<'static, Result<castore::proto::batch::BlobPiece, tonic::Status>>;
+
+    async fn read(
+        &self,
+        _: tonic::Request<castore::proto::batch::ReadBlobsRequest>,
+    ) -> Result<tonic::Response<Self::ReadStream>, tonic::Status> {
+        let pieces = self
+            .0
+            .iter()
+            .map(|(index, data)| Ok(castore::proto::batch::BlobPiece { index: *index, data: data.clone() }));
+        Ok(tonic::Response::new(futures::stream::iter(pieces.collect::<Vec<_>>()).boxed()))
+    }
+}
+
+/// What a server may get wrong in a batch answer is refused by the client:
+/// pieces out of order, a blob cut short or running long, more blobs than
+/// asked for, wrong bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_answers_that_break_the_contract_are_refused() {
+    let (a, b) = (Bytes::from_static(b"first blob"), Bytes::from_static(b"second"));
+    let wanted = vec![(B3Digest::of(&a), a.len() as u64), (B3Digest::of(&b), b.len() as u64)];
+    let half = |x: &Bytes, r: std::ops::Range<usize>| x.slice(r);
+    let cases: Vec<(&str, Pieces, &str)> = vec![
+        ("out of order", vec![(1, b.clone()), (0, a.clone())], "piece of blob #1 while blob #0"),
+        ("cut short", vec![(0, half(&a, 0..5)), (1, b.clone())], "while blob #0"),
+        ("ended early", vec![(0, a.clone())], "ended the batch while blob #1"),
+        ("too long", vec![(0, a.clone()), (0, Bytes::from_static(b"!")), (1, b.clone())], "more than the 10 bytes"),
+        ("one too many", vec![(0, a.clone()), (1, b.clone()), (2, a.clone())], "after the 2 blobs asked for"),
+        ("wrong bytes", vec![(0, Bytes::from_static(b"first blub")), (1, b.clone())], "read as"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, pieces, needle) in cases {
+        let sock = tmp.path().join(format!("{}.sock", name.replace(' ', "-")));
+        let mut routes = tonic::service::Routes::builder();
+        routes.add_service(castore::proto::batch::blob_batch_service_server::BlobBatchServiceServer::new(Scripted(
+            pieces,
+        )));
+        common::serve_unix(
+            &sock,
+            PackageRewrite::speak(routes.routes().into_axum_router(), castore::grpc::Package::Snix),
+        )
+        .await;
+        let client = castore::blob_service_from_url(&format!("grpc+unix:{}", sock.display())).unwrap();
+        let err = client.read_many(wanted.clone()).try_collect::<Vec<_>>().await.unwrap_err().to_string();
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}
