@@ -23,9 +23,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("snix_castore_descriptor.bin"))
         .compile_protos(&[&snix], &[&root])?;
     // storefront's own extension (see the file).
+    let batch_out = out.join("storefront");
+    std::fs::create_dir_all(&batch_out)?;
     tonic_prost_build::configure()
         .bytes(".")
+        .extern_path(".snix.castore.v1", "crate::proto")
         .file_descriptor_set_path(out.join("storefront_castore_descriptor.bin"))
+        // Its own directory: the imported snix package's file would
+        // otherwise be written over (empty, as it is extern here).
+        .out_dir(&batch_out)
         .compile_protos(&[&batch], &[&root])?;
     // The tvix package only contributes its descriptor (for reflection).
     let unused = out.join("tvix-unused");

@@ -25,11 +25,12 @@ use futures::{StreamExt, TryStreamExt};
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Name, Node, Result};
 
 mod export;
+mod local;
 
 pub use export::{
-    Commit, ExportOptions, ExportStats, Layout, LocalFile, LocalFiles, OnBytes, Source, Staged, StagedFile, export,
-    stage,
+    Commit, ExportOptions, ExportStats, Layout, OnBytes, Source, Staged, StagedFile, export, stage, stage_closure,
 };
+pub use local::{LocalFile, LocalFiles};
 
 /// Jobs (a large file, or a batch of small ones) run at the same time.
 const PARALLEL_JOBS: usize = 4;

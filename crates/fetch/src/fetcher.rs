@@ -11,7 +11,7 @@ use std::{
 };
 
 use castore::{
-    BlobService, DirectoryService, Node,
+    B3Digest, BlobService, Directory, DirectoryService, Node,
     fs::{Commit, ExportOptions, Layout, Source, Staged},
 };
 use futures::{StreamExt, TryStreamExt};
@@ -32,6 +32,9 @@ pub const DEFAULT_JOBS: usize = 8;
 /// Small files' contents kept in memory per path being written, so that its
 /// NAR hash need not open them again.
 const RETAIN_BYTES: u64 = 32 << 20;
+
+/// Most paths whose directory closures are asked for in one call.
+const DIRECTORY_WINDOW: usize = 64;
 
 /// Earlier builds of one package name offered as sources of identical files.
 const EARLIER_PER_NAME: usize = 2;
@@ -267,18 +270,33 @@ impl Fetcher {
             index.add_present(&skipped, &*self.directories).await;
         }
         let mut summary = Summary { skipped: skipped.len() as u64, ..Summary::default() };
-        // Owned items: a stream of borrowed ones makes a future the
-        // compiler cannot prove `Send`.
-        let owned: Vec<PathInfo> = todo.iter().map(|i| (*i).clone()).collect();
         let report = Report { progress: progress.clone(), bytes: Arc::default() };
         let (index, report, earlier) = (&index, &report, &earlier);
-        let outcomes: Vec<(StorePath, Outcome)> = futures::stream::iter(owned)
-            .map(|info| async move {
+        // Directory closures come a window of paths at a time, one call
+        // each, a window ahead of the paths being written. The first
+        // windows are small, so writing starts soon.
+        // Owned items: a stream of borrowed ones makes a future the
+        // compiler cannot prove `Send`.
+        let mut windows: Vec<Vec<PathInfo>> = Vec::new();
+        let mut rest = todo.as_slice();
+        while !rest.is_empty() {
+            let (window, after) = rest.split_at(rest.len().min(DIRECTORY_WINDOW.min(8 << windows.len().min(3))));
+            windows.push(window.iter().map(|i| (*i).clone()).collect());
+            rest = after;
+        }
+        let outcomes: Vec<(StorePath, Outcome)> = futures::stream::iter(windows)
+            .map(|window| async move {
+                let closures = self.closures_of(&window).await;
+                futures::stream::iter(window.into_iter().map(move |info| (info, closures.clone())))
+            })
+            .buffered(2)
+            .flatten()
+            .map(|(info, closures)| async move {
                 let local = Arc::new(PathCandidates {
                     index: index.clone(),
                     earlier: earlier.get(info.store_path.name()).cloned().unwrap_or_default(),
                 });
-                let outcome = self.fetch_one(&info, target_dir, local, report).await?;
+                let outcome = self.fetch_one(&info, target_dir, local, report, closures).await?;
                 report.progress.send_modify(|p| p.paths_done += 1);
                 Ok::<_, FetchError>((info.store_path, outcome))
             })
@@ -378,12 +396,36 @@ impl Fetcher {
         .map_err(|e| FetchError::io("looking for present paths", std::io::Error::other(e)))?
     }
 
+    /// The directory closures of `window`'s paths, in one
+    /// [`DirectoryService::get_closures`]. Empty if that fails: each path
+    /// then asks for its own, and a failure names it.
+    async fn closures_of(&self, window: &[PathInfo]) -> Arc<HashMap<B3Digest, Directory>> {
+        let roots: Vec<B3Digest> = window
+            .iter()
+            .filter_map(|i| match &i.node {
+                Node::Directory { digest, .. } => Some(*digest),
+                _ => None,
+            })
+            .collect();
+        if roots.is_empty() {
+            return Arc::default();
+        }
+        match self.directories.get_closures(roots).map_ok(|d| (d.digest(), d)).try_collect().await {
+            Ok(closures) => Arc::new(closures),
+            Err(e) => {
+                tracing::debug!(error = %e, "no directory closures for a window of paths; asking path by path");
+                Arc::default()
+            }
+        }
+    }
+
     async fn fetch_one(
         &self,
         info: &PathInfo,
         target_dir: &Path,
         local: Arc<PathCandidates>,
         report: &Report,
+        closures: Arc<HashMap<B3Digest, Directory>>,
     ) -> Result<Outcome, FetchError> {
         let base = info.store_path.to_string();
         let target = target_dir.join(&base);
@@ -414,9 +456,13 @@ impl Fetcher {
             })),
         };
         let materialise = |error| FetchError::Materialise { path: self.show(&info.store_path), error };
-        let staged = castore::fs::stage(&*self.blobs, &*self.directories, &info.node, &target, &options)
-            .await
-            .map_err(materialise)?;
+        let staged = match &info.node {
+            Node::Directory { digest, .. } if closures.contains_key(digest) => {
+                castore::fs::stage_closure(&*self.blobs, closures, &info.node, &target, &options).await
+            }
+            _ => castore::fs::stage(&*self.blobs, &*self.directories, &info.node, &target, &options).await,
+        }
+        .map_err(materialise)?;
         if self.checks_nar_hash()
             && let Err(e) = self.verify(info, &staged).await
         {

@@ -75,19 +75,26 @@ async fn grpc_router(services: &Services) -> anyhow::Result<Router> {
             .register_encoded_file_descriptor_set(castore::proto::batch::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(store::proto::SNIX_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(store::proto::TVIX_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(store::proto::batch::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let Services { blobs, directories, paths, .. } = services;
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(store::pathinfo::path_info_service_server(paths.clone(), blobs.clone(), directories.clone()))
+        .add_service(store::pathinfo::path_info_batch_server(paths.clone()))
         .add_service(castore::grpc::blob_service_server(blobs.clone()))
         .add_service(castore::grpc::blob_batch_server(blobs.clone()))
+        .add_service(castore::grpc::directory_batch_server(directories.clone()))
         .add_service(castore::grpc::directory_service_server(directories.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    let batch = [castore::grpc::BATCH_SERVICE_NAME];
+    let batch = [
+        castore::grpc::BATCH_SERVICE_NAME,
+        castore::grpc::DIRECTORY_BATCH_SERVICE_NAME,
+        store::pathinfo::BATCH_SERVICE_NAME,
+    ];
     for name in castore::grpc::SERVICE_NAMES.into_iter().chain(batch).chain(store::pathinfo::SERVICE_NAMES) {
         health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }

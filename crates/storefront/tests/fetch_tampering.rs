@@ -129,7 +129,53 @@ impl proto::directory_service_server::DirectoryService for BadDirs {
             return Err(Status::invalid_argument("no digest"));
         };
         let digest = B3Digest::try_from(&raw[..]).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut msgs = match self.faults.raw_dirs.get(&digest) {
+        let mut msgs = self.closure(digest).await?;
+        if !req.recursive {
+            msgs.truncate(1);
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(msgs.into_iter().map(Ok)))))
+    }
+
+    async fn put(
+        &self,
+        _: Request<tonic::Streaming<proto::Directory>>,
+    ) -> Result<Response<proto::PutDirectoryResponse>, Status> {
+        Err(Status::unimplemented("a read-only double"))
+    }
+}
+
+/// The batch call, as storefront serves it (each directory once), with the
+/// same faults.
+#[tonic::async_trait]
+impl proto::batch::directory_batch_service_server::DirectoryBatchService for BadDirs {
+    type GetStream = DirStream;
+
+    async fn get(&self, req: Request<proto::batch::GetDirectoriesRequest>) -> Result<Response<DirStream>, Status> {
+        let mut sent = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for raw in req.into_inner().root_digests {
+            let root = B3Digest::try_from(&raw[..]).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if sent.contains(&root) {
+                continue;
+            }
+            for msg in self.closure(root).await? {
+                // Raw faults may not even decode: those go out as they are.
+                if let Ok(d) = Directory::try_from(msg.clone())
+                    && !sent.insert(d.digest())
+                {
+                    continue;
+                }
+                out.push(msg);
+            }
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(out.into_iter().map(Ok)))))
+    }
+}
+
+impl BadDirs {
+    /// The closure of `digest` as the double sends it, root first.
+    async fn closure(&self, digest: B3Digest) -> Result<Vec<proto::Directory>, Status> {
+        Ok(match self.faults.raw_dirs.get(&digest) {
             Some(raw) => raw.clone(),
             None => {
                 let asked = match self.faults.swap_root {
@@ -149,18 +195,7 @@ impl proto::directory_service_server::DirectoryService for BadDirs {
                 }
                 msgs
             }
-        };
-        if !req.recursive {
-            msgs.truncate(1);
-        }
-        Ok(Response::new(Box::pin(futures::stream::iter(msgs.into_iter().map(Ok)))))
-    }
-
-    async fn put(
-        &self,
-        _: Request<tonic::Streaming<proto::Directory>>,
-    ) -> Result<Response<proto::PutDirectoryResponse>, Status> {
-        Err(Status::unimplemented("a read-only double"))
+        })
     }
 }
 
@@ -230,14 +265,15 @@ async fn double(server: &Server, faults: Faults) -> Double {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let blobs: Arc<dyn BlobService> = Arc::new(BadBlobs { real: r.blobs.clone(), faults: faults.clone() });
     let paths: Arc<dyn PathInfoService> = Arc::new(BadPaths { real: r.paths, faults: faults.clone() });
+    let bad_dirs = Arc::new(BadDirs { real: r.dirs.clone(), faults });
+    // Files, directory closures and PathInfo closures come through the
+    // batch calls, as from storefront itself.
     let router = tonic::transport::Server::builder()
         .add_service(castore::grpc::blob_service_server(blobs.clone()))
-        // Files come through the batch read, as from storefront itself.
         .add_service(castore::grpc::blob_batch_server(blobs.clone()))
-        .add_service(proto::directory_service_server::DirectoryServiceServer::new(BadDirs {
-            real: r.dirs.clone(),
-            faults,
-        }))
+        .add_service(proto::directory_service_server::DirectoryServiceServer::from_arc(bad_dirs.clone()))
+        .add_service(proto::batch::directory_batch_service_server::DirectoryBatchServiceServer::from_arc(bad_dirs))
+        .add_service(store::pathinfo::path_info_batch_server(paths.clone()))
         .add_service(store::pathinfo::path_info_service_server(paths, blobs, r.dirs));
     tokio::spawn(router.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),

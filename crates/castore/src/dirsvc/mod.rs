@@ -1,6 +1,8 @@
 //! [`DirectoryService`]: the Merkle DAG of directories.
+use std::collections::HashSet;
+
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::{StreamExt, stream::BoxStream};
 
 use crate::{B3Digest, Directory, Result};
 
@@ -24,6 +26,15 @@ pub trait DirectoryService: Send + Sync + 'static {
     /// a missing child is an error too.
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'static, Result<Directory>>;
 
+    /// The closures of many roots in one stream: for each root in order,
+    /// as [`DirectoryService::get_recursive`] sends it, leaving out every
+    /// directory already sent (so a root below an earlier root, and a
+    /// directory below two roots, come once). Over gRPC, one call where the
+    /// server has storefront's batch call. By default [`closures_each`].
+    fn get_closures(&self, roots: Vec<B3Digest>) -> BoxStream<'_, Result<Directory>> {
+        closures_each(self, roots)
+    }
+
     /// Stores a closure sent leaves first, root last, and returns the root's
     /// digest. Each child must be earlier in `dirs` or already stored, with a
     /// size that fits it, and every directory must be reachable from the root.
@@ -44,7 +55,44 @@ impl<T: DirectoryService + ?Sized> DirectoryService for std::sync::Arc<T> {
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'static, Result<Directory>> {
         (**self).get_recursive(root)
     }
+    fn get_closures(&self, roots: Vec<B3Digest>) -> BoxStream<'_, Result<Directory>> {
+        (**self).get_closures(roots)
+    }
     async fn put_closure(&self, dirs: Vec<Directory>) -> Result<B3Digest> {
         (**self).put_closure(dirs).await
     }
+}
+
+/// [`DirectoryService::get_closures`] with one
+/// [`DirectoryService::get_recursive`] per root not sent already.
+pub fn closures_each<S: DirectoryService + ?Sized>(
+    service: &S,
+    roots: Vec<B3Digest>,
+) -> BoxStream<'_, Result<Directory>> {
+    struct State<'a> {
+        roots: std::vec::IntoIter<B3Digest>,
+        current: Option<BoxStream<'a, Result<Directory>>>,
+        sent: HashSet<B3Digest>,
+    }
+    let start = State { roots: roots.into_iter(), current: None, sent: HashSet::new() };
+    futures::stream::try_unfold(start, move |mut s| async move {
+        loop {
+            if let Some(current) = &mut s.current {
+                match current.next().await {
+                    Some(dir) => {
+                        let dir = dir?;
+                        if s.sent.insert(dir.digest()) {
+                            return Ok(Some((dir, s)));
+                        }
+                        continue;
+                    }
+                    None => s.current = None,
+                }
+            }
+            let sent = &s.sent;
+            let Some(root) = s.roots.find(|r| !sent.contains(r)) else { return Ok(None) };
+            s.current = Some(service.get_recursive(&root));
+        }
+    })
+    .boxed()
 }

@@ -17,15 +17,12 @@ use std::{
     collections::HashMap,
     ffi::{CString, OsStr},
     fs::File,
-    io::{Read, Write},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{
-            ffi::OsStrExt,
-            fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
-        },
+    io::Write,
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{OpenOptionsExt, PermissionsExt},
     },
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -36,13 +33,14 @@ use std::{
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Batcher, SMALL_FILE};
+use super::{
+    Batcher, SMALL_FILE,
+    local::{LocalFile, LocalFiles, copy_local, link_local, read_local, remember},
+};
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, Node, Result};
 
 /// Jobs (a large file, or a batch of small ones) run at the same time.
 const PARALLEL_JOBS: usize = 4;
-/// Buffer for copying or hashing a large local file.
-const COPY_BUFFER: usize = 256 << 10;
 /// Bytes of small files read from disk to be copied that one tree holds in
 /// memory at once.
 const LOCAL_HELD: u64 = 64 << 20;
@@ -75,28 +73,6 @@ impl Layout {
             (Layout::NixStore, true) => 0o555,
         }
     }
-}
-
-/// A file on disk that may hold some contents already: `rel` below the
-/// directory `dir`. `dir` is trusted as given; `rel` is resolved one
-/// component at a time without following symlinks, so a tree that is not
-/// what its directory listing claimed cannot redirect the read elsewhere.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LocalFile {
-    pub dir: PathBuf,
-    pub rel: PathBuf,
-}
-
-/// Where identical file contents may already be on disk (other store paths,
-/// files staged earlier), so they are copied instead of fetched. A
-/// candidate is used only if it is a regular file of the right size whose
-/// BLAKE3 is the digest; otherwise the next one is tried, then the blob
-/// service.
-pub trait LocalFiles: Send + Sync {
-    /// Candidates for the file at `rel` below the tree being written (empty
-    /// for a root file) whose contents are `digest`: by digest, or by place
-    /// (the same `rel` in an earlier build of the same package).
-    fn find(&self, digest: &B3Digest, rel: &Path) -> Vec<LocalFile>;
 }
 
 /// Where bytes written by a stage came from.
@@ -156,7 +132,7 @@ pub struct Staged {
     target: PathBuf,
     files: Vec<StagedFile>,
     stats: ExportStats,
-    directories: HashMap<B3Digest, Directory>,
+    directories: Arc<HashMap<B3Digest, Directory>>,
     retained: HashMap<B3Digest, Bytes>,
 }
 
@@ -180,7 +156,8 @@ impl Staged {
     }
 
     /// The directory closure the tree was written from (checked against
-    /// its digests), empty when the root is a file or symlink.
+    /// its digests; given to [`stage_closure`], it may hold more), empty
+    /// when the root is a file or symlink and none was given.
     pub fn directories(&self) -> &HashMap<B3Digest, Directory> {
         &self.directories
     }
@@ -239,12 +216,12 @@ impl Drop for TempTree {
 
 /// Guards the creation of entries in a temporary tree against its removal.
 #[derive(Default)]
-struct Gate(std::sync::Mutex<bool>);
+pub(super) struct Gate(std::sync::Mutex<bool>);
 
 impl Gate {
     /// Runs `create` (which makes one entry) unless the tree is being
     /// removed; holding the lock while it runs, so a removal waits for it.
-    fn create<T>(&self, create: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    pub(super) fn create<T>(&self, create: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
         let closed = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if *closed {
             return Err(cancelled_error());
@@ -339,6 +316,27 @@ pub async fn stage(
     target: &Path,
     options: &ExportOptions,
 ) -> Result<Staged> {
+    let closure = match node {
+        Node::Directory { digest, .. } => {
+            directories.get_recursive(digest).map_ok(|d| (d.digest(), d)).try_collect().await?
+        }
+        _ => HashMap::new(),
+    };
+    stage_closure(blobs, Arc::new(closure), node, target, options).await
+}
+
+/// [`stage`] with the directory closure at hand, checked already (by the
+/// directory service that sent it): nothing is asked of a directory
+/// service. `closure` may hold more than the root's closure, for instance
+/// the closures of many paths had in one
+/// [`DirectoryService::get_closures`].
+pub async fn stage_closure(
+    blobs: &dyn BlobService,
+    closure: Arc<HashMap<B3Digest, Directory>>,
+    node: &Node,
+    target: &Path,
+    options: &ExportOptions,
+) -> Result<Staged> {
     let name = target
         .file_name()
         .ok_or_else(|| Error::InvalidRequest(format!("{}: not a path to create", target.display())))?;
@@ -354,12 +352,12 @@ pub async fn stage(
         files: Mutex::new(Vec::new()),
         retained: Mutex::default(),
     };
-    let directories = writer.write_root(directories, node).await?;
+    writer.write_root(&closure, node).await?;
     let stats =
         ExportStats { fetched: writer.fetched.load(Ordering::Relaxed), copied: writer.copied.load(Ordering::Relaxed) };
     let files = writer.files.into_inner().unwrap_or_else(|e| e.into_inner());
     let retained = writer.retained.into_inner().unwrap_or_else(|e| e.into_inner()).kept;
-    Ok(Staged { tree, target: target.to_owned(), files, stats, directories, retained })
+    Ok(Staged { tree, target: target.to_owned(), files, stats, directories: closure, retained })
 }
 
 /// A file to write: digest, size, executable, path below the root.
@@ -454,16 +452,11 @@ impl Writer<'_> {
         }
     }
 
-    /// Writes the tree; returns its directory closure.
-    async fn write_root(
-        &self,
-        directories: &dyn DirectoryService,
-        node: &Node,
-    ) -> Result<HashMap<B3Digest, Directory>> {
+    /// Writes the tree, its directories taken from `all`.
+    async fn write_root(&self, all: &HashMap<B3Digest, Directory>, node: &Node) -> Result<()> {
         match node {
             Node::File { digest, size, executable } => {
-                self.write_large(*digest, *size, *executable, PathBuf::new()).await?;
-                Ok(HashMap::new())
+                self.write_large(*digest, *size, *executable, PathBuf::new()).await
             }
             Node::Symlink { target } => {
                 let (root, target, layout, gate) =
@@ -475,12 +468,9 @@ impl Writer<'_> {
                     }
                     Ok(())
                 })
-                .await?;
-                Ok(HashMap::new())
+                .await
             }
             Node::Directory { digest, size } => {
-                let all: HashMap<B3Digest, Directory> =
-                    directories.get_recursive(digest).map_ok(|d| (d.digest(), d)).try_collect().await?;
                 match all.get(digest) {
                     Some(d) if d.size_matches(*size) => {}
                     Some(d) => {
@@ -491,9 +481,8 @@ impl Writer<'_> {
                     }
                     None => return Err(Error::Storage(format!("directory {digest} missing from its closure"))),
                 }
-                let plan = Plan::expand(&all, digest)?;
-                self.write_tree(plan).await?;
-                Ok(all)
+                let plan = Plan::expand(all, digest)?;
+                self.write_tree(plan).await
             }
         }
     }
@@ -786,50 +775,6 @@ fn umask() -> Option<u32> {
     })
 }
 
-/// The extended attribute that records, on a file this module wrote (or
-/// hashed) in Nix's layout, the BLAKE3 digest and size its contents were
-/// checked to have: 32 + 8 bytes.
-const REMEMBERED: &std::ffi::CStr = c"user.storefront.blake3";
-
-/// Whether the filesystem (and our rights) allow [`REMEMBERED`]; cleared
-/// the first time setting it is refused.
-static REMEMBERING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Records on `file`'s inode that its contents are `digest` (`size`
-/// bytes), so a later stage can link the inode without reading it
-/// ([`remembered`]). Best effort: a filesystem without user extended
-/// attributes, or a file we may not change, just means hashing later.
-fn remember(file: &File, digest: &B3Digest, size: u64) {
-    if !REMEMBERING.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut value = [0u8; 40];
-    value[..32].copy_from_slice(digest.as_bytes());
-    value[32..].copy_from_slice(&size.to_le_bytes());
-    // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
-    let r = unsafe { libc::fsetxattr(file.as_raw_fd(), REMEMBERED.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if r != 0 {
-        REMEMBERING.store(false, Ordering::Relaxed);
-    }
-}
-
-/// The digest `file` (already found regular, of `size` bytes, Nix's mode
-/// and mtime 1) is remembered to hold, if any. Changing a file's contents
-/// changes its mtime, which then is no longer 1, so what this trusts is
-/// that nobody rewrote the file and set its time back (which takes its
-/// owner, root in a Nix store), the trust `nix-store --optimise` puts in
-/// the files it links to.
-fn remembered(file: &File, size: u64) -> Option<B3Digest> {
-    let mut value = [0u8; 40];
-    // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
-    let n = unsafe { libc::fgetxattr(file.as_raw_fd(), REMEMBERED.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    if n != 40 || value[32..] != size.to_le_bytes() {
-        return None;
-    }
-    let digest: [u8; 32] = value[..32].try_into().expect("32 bytes");
-    Some(B3Digest::from(digest))
-}
-
 /// Sets the modification time to 1 without following a symlink (the link
 /// itself gets it); the access time is left alone.
 fn set_mtime_nofollow(path: &Path) -> std::io::Result<()> {
@@ -841,294 +786,6 @@ fn set_mtime_nofollow(path: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Opens `rel` below `dir` for reading, never following a symlink and
-/// never leaving `dir` (only plain components). Opening the last component
-/// does not block on a fifo. One `openat2` with `RESOLVE_BENEATH |
-/// RESOLVE_NO_SYMLINKS` where the kernel has it (Linux 5.6), else one
-/// `openat` per component.
-fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<File> {
-    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a plain relative path");
-    let parts: Vec<&OsStr> = rel
-        .components()
-        .map(|c| match c {
-            Component::Normal(n) => Ok(n),
-            _ => Err(invalid()),
-        })
-        .collect::<std::io::Result<_>>()?;
-    if parts.is_empty() {
-        return Err(invalid());
-    }
-    with_dir_fd(dir, |dir_fd| {
-        if OPENAT2.load(Ordering::Relaxed) {
-            let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| invalid())?;
-            match openat2_beneath(dir_fd, &c) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => OPENAT2.store(false, Ordering::Relaxed),
-                r => return r,
-            }
-        }
-        let mut fd: Option<OwnedFd> = None;
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            let c = CString::new(part.as_bytes()).map_err(|_| invalid())?;
-            let flags = libc::O_RDONLY
-                | libc::O_NOFOLLOW
-                | libc::O_CLOEXEC
-                | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
-            let at = fd.as_ref().map_or(dir_fd, |f| f.as_raw_fd());
-            // SAFETY: openat on a directory fd we hold with a NUL-terminated name.
-            let raw = unsafe { libc::openat(at, c.as_ptr(), flags) };
-            if raw < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-            fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
-        }
-        Ok(File::from(fd.expect("at least one component")))
-    })
-}
-
-/// Whether `openat2` may be tried (cleared when the kernel lacks it).
-static OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// `openat2(dir_fd, rel, O_RDONLY|O_NONBLOCK, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`.
-fn openat2_beneath(dir_fd: libc::c_int, rel: &CString) -> std::io::Result<File> {
-    // SAFETY: open_how is plain data; zeroed is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: a directory fd, a NUL-terminated path and an open_how of the size passed.
-    let raw = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir_fd,
-            rel.as_ptr(),
-            &how as *const libc::open_how,
-            size_of::<libc::open_how>(),
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) }))
-}
-
-/// Directory descriptors each blocking thread keeps (the target directory
-/// candidates are opened below, the trees being written into).
-const DIR_FDS: usize = 4;
-
-thread_local! {
-    /// The directories most recently used by [`with_dir_fd`], newest first.
-    static DIR_FD: std::cell::RefCell<Vec<(PathBuf, OwnedFd)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a descriptor of the directory `dir` (kept open by this
-/// thread for the next call: opening by descriptor walks only the relative
-/// part of a path). `f` must not call this again.
-fn with_dir_fd<T>(dir: &Path, f: impl FnOnce(libc::c_int) -> std::io::Result<T>) -> std::io::Result<T> {
-    DIR_FD.with_borrow_mut(|cached| {
-        match cached.iter().position(|(p, _)| p == dir) {
-            Some(0) => {}
-            Some(i) => {
-                let hit = cached.remove(i);
-                cached.insert(0, hit);
-            }
-            None => {
-                let fd: OwnedFd = File::open(dir)?.into();
-                cached.insert(0, (dir.to_owned(), fd));
-                cached.truncate(DIR_FDS);
-            }
-        }
-        f(cached[0].1.as_raw_fd())
-    })
-}
-
-/// Opens a candidate that is a regular file of `size` bytes.
-fn open_candidate(c: &LocalFile, size: u64) -> Option<(File, std::fs::Metadata)> {
-    let file = open_beneath(&c.dir, &c.rel).ok()?;
-    let meta = file.metadata().ok()?;
-    (meta.is_file() && meta.size() == size).then_some((file, meta))
-}
-
-/// The contents of the first candidate that holds `digest` (small files).
-fn read_local(candidates: &[LocalFile], digest: &B3Digest, size: u64) -> Option<Vec<u8>> {
-    candidates.iter().find_map(|c| {
-        let (file, _) = open_candidate(c, size)?;
-        let mut data = Vec::with_capacity(size as usize);
-        file.take(size + 1).read_to_end(&mut data).ok()?;
-        (data.len() as u64 == size && B3Digest::of(&data) == *digest).then_some(data)
-    })
-}
-
-/// In Nix's layout, makes `dst` a hard link to the first candidate that
-/// holds `digest` and already looks exactly as the new file must (regular,
-/// `mode`, mtime 1): store files are immutable, so sharing an inode is what
-/// `nix-store --optimise` does, and it writes no bytes at all. The inode
-/// hashed is the inode linked (through `/proc/self/fd`, not the path).
-/// False when no candidate fits or the filesystem refuses (another device).
-///
-/// Candidates found not to hold `digest` at all are removed from
-/// `candidates`, so the caller does not read them again to copy them.
-fn link_local(
-    candidates: &mut Vec<LocalFile>,
-    digest: &B3Digest,
-    size: u64,
-    mode: u32,
-    (root, rel): (&Path, &Path),
-    gate: &Gate,
-) -> std::io::Result<bool> {
-    let mut wrong = Vec::new();
-    let mut linked = false;
-    for (i, c) in candidates.iter().enumerate() {
-        let Some((src, meta)) = open_candidate(c, size) else {
-            wrong.push(i);
-            continue;
-        };
-        if meta.mode() & 0o7777 != mode || meta.mtime() != 1 {
-            continue;
-        }
-        match remembered(&src, size) {
-            Some(known) if known == *digest => {}
-            // Known to hold other bytes (a file that changed between builds).
-            Some(_) => {
-                wrong.push(i);
-                continue;
-            }
-            None if hash_file(&src, size).ok() == Some(*digest) => remember(&src, digest, size),
-            None => {
-                wrong.push(i);
-                continue;
-            }
-        }
-        let result = gate.create(|| {
-            if rel.as_os_str().is_empty() {
-                let to = CString::new(root.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-                return link_fd(&src, libc::AT_FDCWD, &to);
-            }
-            let to = CString::new(rel.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-            with_dir_fd(root, |root_fd| link_fd(&src, root_fd, &to))
-        });
-        match result {
-            Ok(()) => {
-                linked = true;
-                break;
-            }
-            // The stage is being removed: stop.
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
-            // Another filesystem, a link limit, /proc missing: copy instead.
-            Err(_) => continue,
-        }
-    }
-    for i in wrong.into_iter().rev() {
-        candidates.remove(i);
-    }
-    Ok(linked)
-}
-
-/// Whether `linkat(fd, "", AT_EMPTY_PATH)` may be tried: it needs
-/// CAP_DAC_READ_SEARCH, and is cleared the first time it is refused.
-static LINK_EMPTY_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Makes `to` (relative to the directory `at`) a new name of the open file
-/// `src` (its inode, whatever its path now names): directly where allowed,
-/// else through `/proc/self/fd`.
-fn link_fd(src: &File, at: libc::c_int, to: &CString) -> std::io::Result<()> {
-    if LINK_EMPTY_PATH.load(Ordering::Relaxed) {
-        // SAFETY: a descriptor we hold, an empty path, a NUL-terminated target.
-        let r = unsafe { libc::linkat(src.as_raw_fd(), c"".as_ptr(), at, to.as_ptr(), libc::AT_EMPTY_PATH) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM | libc::EINVAL)) {
-            return Err(e);
-        }
-        LINK_EMPTY_PATH.store(false, Ordering::Relaxed);
-    }
-    let proc = CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())).map_err(std::io::Error::other)?;
-    // SAFETY: two valid NUL-terminated paths; linkat only adds a name.
-    let r = unsafe { libc::linkat(libc::AT_FDCWD, proc.as_ptr(), at, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
-/// Fills `dst` (new and empty) from the first candidate that holds
-/// `digest`: a reflink where the filesystem shares extents, a copy
-/// otherwise, and either way the bytes in `dst` hashed. Leaves `dst` empty
-/// and returns false when no candidate fits.
-fn copy_local(candidates: &[LocalFile], digest: &B3Digest, size: u64, dst: &File) -> bool {
-    for c in candidates {
-        let Some((src, _)) = open_candidate(c, size) else { continue };
-        // SAFETY: FICLONE between two descriptors we hold; it only shares extents.
-        let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
-        let fits = if cloned { hash_file(dst, size) } else { copy_hashed(&src, dst, size) };
-        if fits.is_ok_and(|d| d == *digest) {
-            return true;
-        }
-        if dst.set_len(0).is_err() {
-            return false;
-        }
-    }
-    false
-}
-
-thread_local! {
-    /// Each blocking thread's buffer for hashing and copying local files
-    /// (allocating one per file costs a mapping and its page faults).
-    static COPY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's copy buffer.
-fn with_copy_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
-    COPY_BUF.with_borrow_mut(|buf| {
-        if buf.len() < COPY_BUFFER {
-            buf.resize(COPY_BUFFER, 0);
-        }
-        f(buf)
-    })
-}
-
-fn hash_file(file: &File, size: u64) -> std::io::Result<B3Digest> {
-    with_copy_buffer(|buf| hash_file_with(file, size, buf))
-}
-
-fn hash_file_with(file: &File, size: u64, buf: &mut [u8]) -> std::io::Result<B3Digest> {
-    // Exactly `size` bytes (what fstat said), without a last read to see
-    // the end: store files do not change, and a file that did is refused
-    // by the digest anyway.
-    let mut hasher = blake3::Hasher::new();
-    let mut offset = 0u64;
-    while offset < size {
-        let want = ((size - offset) as usize).min(buf.len());
-        let n = file.read_at(&mut buf[..want], offset)?;
-        if n == 0 {
-            return Err(std::io::Error::other("changed size"));
-        }
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok(hasher.finalize().into())
-}
-
-fn copy_hashed(src: &File, dst: &File, size: u64) -> std::io::Result<B3Digest> {
-    with_copy_buffer(|buf| copy_hashed_with(src, dst, size, buf))
-}
-
-fn copy_hashed_with(src: &File, dst: &File, size: u64, buf: &mut [u8]) -> std::io::Result<B3Digest> {
-    let mut hasher = blake3::Hasher::new();
-    let mut offset = 0u64;
-    while offset < size {
-        let want = ((size - offset) as usize).min(buf.len());
-        let n = src.read_at(&mut buf[..want], offset)?;
-        if n == 0 {
-            return Err(std::io::Error::other("changed size"));
-        }
-        hasher.update(&buf[..n]);
-        dst.write_all_at(&buf[..n], offset)?;
-        offset += n as u64;
-    }
-    Ok(hasher.finalize().into())
 }
 
 /// Renames without replacing anything that appeared at `to` meanwhile
@@ -1161,7 +818,12 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
-    use crate::{blob::ChunkedBlobService, dirsvc::KvDirectoryService, kv::MemoryStore};
+    use crate::{
+        blob::ChunkedBlobService,
+        dirsvc::KvDirectoryService,
+        fs::local::{REMEMBERING, remembered},
+        kv::MemoryStore,
+    };
 
     fn services() -> (ChunkedBlobService, KvDirectoryService) {
         let kv: Arc<dyn crate::kv::KvStore> = Arc::new(MemoryStore::new());
@@ -1382,18 +1044,5 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.as_bytes().starts_with(b".xxx"));
         assert!(a.len() < 255, "{}", a.len());
-    }
-
-    #[test]
-    fn open_beneath_refuses_symlinks_and_climbing() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir(tmp.path().join("real")).unwrap();
-        std::fs::write(tmp.path().join("real/f"), b"x").unwrap();
-        std::os::unix::fs::symlink("real", tmp.path().join("link")).unwrap();
-        std::os::unix::fs::symlink("real/f", tmp.path().join("flink")).unwrap();
-        assert!(open_beneath(tmp.path(), Path::new("real/f")).is_ok());
-        for bad in ["link/f", "flink", "real/../real/f", "/etc/passwd", ""] {
-            assert!(open_beneath(tmp.path(), Path::new(bad)).is_err(), "{bad} was opened");
-        }
     }
 }

@@ -3,7 +3,6 @@
 //! sends: every blob and chunk against its BLAKE3, every directory against
 //! its digest and its parent's record.
 use std::{
-    collections::HashMap,
     io,
     pin::Pin,
     sync::{
@@ -22,12 +21,13 @@ use tonic::{Code, transport::Channel};
 
 use super::{
     Package, PackageRewrite,
+    closures::{self, Arrivals},
     server::{EXPECTED_DIGEST_HEADER, MAX_BATCH_DIGESTS},
 };
 use crate::{
     B3Digest, BlobReader, BlobService, ChunkMeta, Directory, DirectoryService, Error, Result,
     blob::{ChunkFetch, ChunkedReader, check_expected, check_whole, checked, copy_out, read_each},
-    dirsvc::MAX_CLOSURE_BYTES,
+    dirsvc::{MAX_CLOSURE_BYTES, closures_each},
     proto::{
         self, batch::blob_batch_service_client::BlobBatchServiceClient, blob_service_client::BlobServiceClient,
         directory_service_client::DirectoryServiceClient,
@@ -509,17 +509,24 @@ impl AsyncSeek for StreamingReader {
 }
 
 /// A [`DirectoryService`] on a remote castore server.
+///
+/// [`DirectoryService::get_closures`] first tries storefront's batch call
+/// ([`crate::proto::batch`]); a server that answers UNIMPLEMENTED (tvix and
+/// snix daemons) is remembered and asked root by root from then on.
 #[derive(Clone)]
 pub struct GrpcDirectoryService {
     client: DirectoryServiceClient<Transport>,
+    transport: Transport,
+    /// Cleared once the server turned the batch call down.
+    batch_served: Arc<AtomicBool>,
 }
 
 impl GrpcDirectoryService {
     pub fn new(transport: Transport) -> Self {
-        let client = DirectoryServiceClient::new(transport)
+        let client = DirectoryServiceClient::new(transport.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Self { client }
+        Self { client, transport, batch_served: Arc::new(AtomicBool::new(true)) }
     }
 }
 
@@ -557,46 +564,15 @@ impl DirectoryService for GrpcDirectoryService {
             };
             let not_found = || Error::NotFound(format!("directory {root} not found"));
             let mut stream = not_found_stream(client.get(req).await)?.ok_or_else(not_found)?;
-            // Digests announced by a received parent and not received yet,
-            // with every size a parent recorded for them.
-            let mut expected: HashMap<B3Digest, Vec<u64>> = HashMap::new();
-            // Directories received so far, with their sizes under both
-            // formulas: a shared directory is sent once, but parents that
-            // arrive after it still refer to it.
-            let mut seen: HashMap<B3Digest, (u64, u64)> = HashMap::new();
+            let mut arrivals = Arrivals::new([root]);
             let mut first = true;
             while let Some(msg) = stream.message().await? {
                 let dir = received(msg)?;
-                let digest = dir.digest();
-                if first {
-                    if digest != root {
-                        return Err(Error::Storage(format!("server sent {digest} as root {root}")));
-                    }
-                } else {
-                    let sizes = expected.remove(&digest).ok_or_else(|| {
-                        Error::Storage(format!(
-                            "server sent directory {digest}, which no earlier directory refers to (or sent it twice)"
-                        ))
-                    })?;
-                    if let Some(size) = sizes.into_iter().find(|&s| !dir.size_matches(s)) {
-                        return Err(Error::Storage(format!(
-                            "directory {digest} does not fit its recorded size {size}"
-                        )));
-                    }
+                if first && dir.digest() != root {
+                    return Err(Error::Storage(format!("server sent {} as root {root}", dir.digest())));
                 }
                 first = false;
-                seen.insert(digest, (dir.size(), dir.size_documented()));
-                for (_, child, size) in dir.directories() {
-                    match seen.get(&child) {
-                        Some(&(deployed, documented)) if size != deployed && size != documented => {
-                            return Err(Error::Storage(format!(
-                                "directory {digest} records size {size} for {child}, which does not fit it"
-                            )));
-                        }
-                        Some(_) => {}
-                        None => expected.entry(child).or_default().push(size),
-                    }
-                }
+                arrivals.accept(&dir)?;
                 if tx.send(Ok(dir)).await.is_err() {
                     return Ok(());
                 }
@@ -604,11 +580,27 @@ impl DirectoryService for GrpcDirectoryService {
             if first {
                 return Err(not_found());
             }
-            if let Some(missing) = expected.keys().next() {
-                return Err(Error::Storage(format!("server omitted directory {missing} below {root}")));
-            }
-            Ok(())
+            arrivals.finish().map_err(|e| Error::Storage(format!("{e} below {root}")))
         })
+        .boxed()
+    }
+
+    fn get_closures(&self, roots: Vec<B3Digest>) -> BoxStream<'_, Result<Directory>> {
+        if !self.batch_served.load(Ordering::Relaxed) || roots.len() > MAX_BATCH_DIGESTS {
+            return closures_each(self, roots);
+        }
+        let transport = self.transport.clone();
+        futures::stream::once(async move {
+            match closures::get_closures(transport, roots.clone(), MAX_MESSAGE).await? {
+                Some(stream) => Ok::<_, Error>(stream),
+                None => {
+                    tracing::debug!("the server has no batch call for directories; one Get per root");
+                    self.batch_served.store(false, Ordering::Relaxed);
+                    Ok(closures_each(self, roots))
+                }
+            }
+        })
+        .try_flatten()
         .boxed()
     }
 

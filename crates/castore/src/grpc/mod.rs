@@ -9,9 +9,11 @@
 use std::task::{Context, Poll};
 
 mod client;
+mod closures;
 mod server;
 
 pub use client::{GrpcBlobService, GrpcDirectoryService, TOKEN_ENV, Transport, connect, redacted};
+pub use closures::{DirectoryBatchServer, directory_batch_server};
 pub use server::{
     BlobBatchServer, BlobServer, DirectoryServer, EXPECTED_DIGEST_HEADER, MAX_BATCH_DIGESTS, blob_batch_server,
     blob_service_server, directory_service_server,
@@ -38,6 +40,9 @@ pub const SERVICE_NAMES: [&str; 4] = [
 /// storefront's batch read (not part of either package; see
 /// [`crate::proto::batch`]).
 pub const BATCH_SERVICE_NAME: &str = "storefront.castore.v1.BlobBatchService";
+/// storefront's batch call for directory closures (not part of either
+/// package; see [`crate::proto::batch`]).
+pub const DIRECTORY_BATCH_SERVICE_NAME: &str = "storefront.castore.v1.DirectoryBatchService";
 
 /// Rewrites the package prefix of request paths (`/tvix.` ⇄ `/snix.`),
 /// and on a client adds its `authorization` header to every call.

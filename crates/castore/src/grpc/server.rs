@@ -24,9 +24,9 @@ const READ_CHUNK_SIZE: usize = 1 << 20;
 /// server refuses a stream that hashes to anything else.
 pub const EXPECTED_DIGEST_HEADER: &str = "x-castore-expected-digest";
 
-type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn parse_digest(raw: &[u8], what: &str) -> Result<B3Digest, Status> {
+pub(crate) fn parse_digest(raw: &[u8], what: &str) -> Result<B3Digest, Status> {
     B3Digest::try_from(raw).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 

@@ -6,7 +6,7 @@ use castore::{Error, Result};
 use futures::{StreamExt, stream::FuturesUnordered};
 
 use super::{PathInfo, PathInfoService};
-use crate::StorePath;
+use crate::{StorePath, store_path::DIGEST_LEN};
 
 /// PathInfo lookups in flight while walking a closure.
 const PARALLEL_GETS: usize = 32;
@@ -15,37 +15,85 @@ const PARALLEL_GETS: usize = 32;
 /// (so putting them in this order satisfies every reference check).
 ///
 /// Fails with `NotFound` naming every path that is missing, whether a root
-/// or a reference (the latter means the store is inconsistent).
+/// or a reference (the latter means the store is inconsistent). One call of
+/// [`PathInfoService::closure`]: over gRPC, one round trip where the server
+/// has storefront's batch call.
 pub async fn closure(paths: &dyn PathInfoService, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
-    let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
-    let mut found: HashMap<StorePath, PathInfo> = HashMap::new();
+    let digests: Vec<[u8; DIGEST_LEN]> = roots.iter().map(|r| *r.digest()).collect();
+    match paths.closure(&digests).await {
+        Ok(infos) => Ok(references_first(infos)),
+        // A missing root is named by its hash alone: give its whole name.
+        Err(Error::NotFound(m)) => Err(Error::NotFound(
+            roots.iter().fold(m, |m, r| m.replace(&crate::nix32::encode(r.digest()), &r.to_string())),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Walks the closure of the paths with digests `roots` with
+/// [`PathInfoService::get`], several lookups at a time: each path once, in
+/// no particular order.
+pub(crate) async fn walk<P: PathInfoService + ?Sized>(paths: &P, roots: &[[u8; DIGEST_LEN]]) -> Result<Vec<PathInfo>> {
+    // A path is named by its digest alone until a reference gives its name.
+    let mut seen: HashSet<[u8; DIGEST_LEN]> = roots.iter().copied().collect();
+    let mut queue: Vec<([u8; DIGEST_LEN], String)> = seen.iter().map(|d| (*d, crate::nix32::encode(d))).collect();
+    let mut found = Vec::new();
     let mut missing = Vec::new();
     let mut pending: FuturesUnordered<_> = FuturesUnordered::new();
-    let mut queue: Vec<StorePath> = seen.iter().cloned().collect();
     loop {
         while pending.len() < PARALLEL_GETS
-            && let Some(path) = queue.pop()
+            && let Some((digest, name)) = queue.pop()
         {
-            pending.push(async move { (paths.get(path.digest()).await, path) });
+            pending.push(async move { (paths.get(&digest).await, name) });
         }
-        let Some((result, path)) = pending.next().await else { break };
+        let Some((result, name)) = pending.next().await else { break };
         match result? {
             Some(info) => {
                 for r in &info.references {
-                    if seen.insert(r.clone()) {
-                        queue.push(r.clone());
+                    if seen.insert(*r.digest()) {
+                        queue.push((*r.digest(), r.to_string()));
                     }
                 }
-                found.insert(path, info);
+                found.push(info);
             }
-            None => missing.push(path.to_string()),
+            None => missing.push(name),
         }
     }
     if !missing.is_empty() {
         missing.sort();
         return Err(Error::NotFound(format!("not in the store: {}", missing.join(", "))));
     }
-    Ok(references_first(found.into_values().collect()))
+    Ok(found)
+}
+
+/// Checks that `infos`, a closure some server sent for `roots`, is exactly
+/// that: each path once, every root and every reference present, nothing
+/// that no root reaches.
+pub(crate) fn check_exact(roots: &[[u8; DIGEST_LEN]], infos: &[PathInfo]) -> Result<()> {
+    let mut by_digest: HashMap<&[u8; DIGEST_LEN], &PathInfo> = HashMap::with_capacity(infos.len());
+    for info in infos {
+        if by_digest.insert(info.store_path.digest(), info).is_some() {
+            return Err(Error::Storage(format!("the server sent {} twice in a closure", info.store_path)));
+        }
+    }
+    let mut reached: HashSet<&[u8; DIGEST_LEN]> = HashSet::with_capacity(infos.len());
+    let mut stack: Vec<&[u8; DIGEST_LEN]> = roots.iter().collect();
+    while let Some(digest) = stack.pop() {
+        if !reached.insert(digest) {
+            continue;
+        }
+        let Some(info) = by_digest.get(digest) else {
+            return Err(Error::Storage(format!("the server's closure lacks {}", crate::nix32::encode(digest))));
+        };
+        stack.extend(info.references.iter().map(StorePath::digest));
+    }
+    if let Some(stray) = infos.iter().find(|i| !reached.contains(i.store_path.digest())) {
+        return Err(Error::Storage(format!(
+            "the server's closure holds {}, which no path asked for reaches",
+            stray.store_path
+        )));
+    }
+    Ok(())
 }
 
 /// Orders `infos` so that every path comes after the paths it references

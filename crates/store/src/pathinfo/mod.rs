@@ -19,11 +19,17 @@ mod kv;
 
 pub use closure::{closure, references_first};
 
-pub use grpc::{GrpcPathInfoService, PathInfoServer, path_info_service_server};
+pub use grpc::{
+    GrpcPathInfoService, MAX_CLOSURE_ROOTS, PathInfoBatchServer, PathInfoServer, path_info_batch_server,
+    path_info_service_server,
+};
 pub use kv::{KvPathInfoService, PATH_INFO};
 
 /// gRPC service names registered for health checks, under both packages.
 pub const SERVICE_NAMES: [&str; 2] = ["snix.store.v1.PathInfoService", "tvix.store.v1.PathInfoService"];
+/// storefront's closure call (not part of either package; see
+/// [`crate::proto::batch`]).
+pub const BATCH_SERVICE_NAME: &str = "storefront.store.v1.PathInfoBatchService";
 
 /// A store path in the castore: its root node, its references and the NAR
 /// metadata Nix identifies it by.
@@ -222,6 +228,14 @@ pub trait PathInfoService: Send + Sync + 'static {
 
     /// Every stored record, in no promised order.
     fn list(&self) -> BoxStream<'static, Result<PathInfo>>;
+
+    /// The records of the paths with digests `roots` and of every path they
+    /// reference, transitively: each once, in no promised order (see
+    /// [`closure()`] for references first). `NotFound` names every path
+    /// missing. By default a walk with [`PathInfoService::get`].
+    async fn closure(&self, roots: &[[u8; DIGEST_LEN]]) -> Result<Vec<PathInfo>> {
+        closure::walk(self, roots).await
+    }
 }
 
 #[async_trait]
@@ -234,6 +248,9 @@ impl<T: PathInfoService + ?Sized> PathInfoService for std::sync::Arc<T> {
     }
     fn list(&self) -> BoxStream<'static, Result<PathInfo>> {
         (**self).list()
+    }
+    async fn closure(&self, roots: &[[u8; DIGEST_LEN]]) -> Result<Vec<PathInfo>> {
+        (**self).closure(roots).await
     }
 }
 
