@@ -58,6 +58,8 @@ fn main() -> anyhow::Result<()> {
         Command::Import(args) => runtime.block_on(import::run(args)),
         Command::Image(cmd) => runtime.block_on(image::run_image(cmd)),
         Command::Packages(cmd) => runtime.block_on(image::run_packages(cmd)),
+        // On a worker: the fetch wakes often (replies, blocking-pool
+        // trips), and a worker handles that without a thread switch.
         Command::Fetch(args) => runtime.block_on(async { tokio::spawn(fetch::run(args)).await? }),
         Command::Snapshotter(args) => runtime.block_on(snapshotter::run(args)),
         Command::Verify(args) => runtime.block_on(verify::run(args)),

@@ -215,9 +215,11 @@ pub(super) fn read_local(candidates: &[LocalFile], digest: &B3Digest, size: u64)
 /// In Nix's layout, makes `dst` a hard link to the first candidate that
 /// holds `digest` and already looks exactly as the new file must (regular,
 /// `mode`, mtime 1): store files are immutable, so sharing an inode is what
-/// `nix-store --optimise` does, and it writes no bytes at all. The inode
-/// hashed is the inode linked (through `/proc/self/fd`, not the path).
-/// False when no candidate fits or the filesystem refuses (another device).
+/// `nix-store --optimise` does, and it writes no bytes at all. A candidate
+/// with a record of its digest is linked by name ([`link_remembered`]);
+/// one without is hashed through a descriptor, and the inode hashed is the
+/// inode linked (through `/proc/self/fd`, not the path). False when no
+/// candidate fits or the filesystem refuses (another device).
 ///
 /// Candidates found not to hold `digest` at all are removed from
 /// `candidates`, so the caller does not read them again to copy them.
@@ -244,6 +246,12 @@ pub(super) fn link_local(
             Ok(Remembered::Unfit) => continue,
             Ok(Remembered::Unknown) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
+            // No such directory in the earlier build.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                wrong.push(i);
+                continue;
+            }
+            // A symlink on the way, a refused link: the descriptor path decides.
             Err(_) => {}
         }
         let Some((src, meta)) = open_candidate(c, size) else {
@@ -410,7 +418,9 @@ fn with_parent_fd<T>(
     PARENT_FD.with_borrow_mut(|cached| {
         let hit = matches!(cached, Some((d, p, _)) if d == dir && p == parent);
         if !hit {
-            let fd = open_dir_beneath(dir, parent)?;
+            // A candidate right below `dir` has the empty path as parent.
+            let at = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            let fd = open_dir_beneath(dir, at)?;
             *cached = Some((dir.to_owned(), parent.to_owned(), fd));
         }
         f(cached.as_ref().expect("just set").2.as_raw_fd())
