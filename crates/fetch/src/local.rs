@@ -21,14 +21,14 @@ use castore::{
     B3Digest, DirectoryService, Node,
     fs::{LocalFile, LocalFiles, StagedFile},
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use store::PathInfo;
 
 /// Candidates offered for one digest: a few are plenty (each failed one
 /// costs a read).
 const MAX_CANDIDATES: usize = 3;
-/// Directory listings of present paths fetched at once.
-const PARALLEL_LISTINGS: usize = 16;
+/// Present paths whose directory listings are asked for in one call.
+const LISTED_AT_ONCE: usize = 64;
 /// Most entries one listing is expanded to (shared subdirectories count
 /// once per place), whatever the store claims.
 const MAX_LISTED: usize = 1 << 20;
@@ -60,29 +60,37 @@ impl LocalIndex {
     }
 
     /// Files of paths present before the fetch, from their listings in the
-    /// store. Best effort: a listing that cannot be had is skipped.
+    /// store: the directory closures of [`LISTED_AT_ONCE`] paths per
+    /// [`DirectoryService::get_closures`]. Best effort: a group whose
+    /// listings cannot be had is skipped.
     pub(crate) async fn add_present(&self, infos: &[&PathInfo], directories: &dyn DirectoryService) {
-        let owned: Vec<PathInfo> = infos.iter().map(|i| (*i).clone()).collect();
-        let listed = futures::stream::iter(owned)
-            .map(|info| async move {
-                let base = info.store_path.to_string();
-                match &info.node {
-                    Node::File { digest, .. } => vec![(*digest, PathBuf::from(&base))],
-                    Node::Symlink { .. } => vec![],
-                    Node::Directory { digest, .. } => match files_below(directories, digest).await {
-                        Ok(files) => files.into_iter().map(|(d, rel)| (d, below(&base, &rel))).collect(),
-                        Err(e) => {
-                            tracing::debug!(path = %base, error = %e, "no listing of a present path; not indexed");
-                            vec![]
-                        }
-                    },
-                }
+        for info in infos {
+            if let Node::File { digest, .. } = &info.node {
+                self.add(*digest, PathBuf::from(info.store_path.to_string()));
+            }
+        }
+        let trees: Vec<(String, B3Digest)> = infos
+            .iter()
+            .filter_map(|i| match &i.node {
+                Node::Directory { digest, .. } => Some((i.store_path.to_string(), *digest)),
+                _ => None,
             })
-            .buffer_unordered(PARALLEL_LISTINGS)
-            .collect::<Vec<_>>()
-            .await;
-        for (digest, rel) in listed.into_iter().flatten() {
-            self.add(digest, rel);
+            .collect();
+        for group in trees.chunks(LISTED_AT_ONCE) {
+            let roots = group.iter().map(|(_, d)| *d).collect();
+            let all: HashMap<B3Digest, castore::Directory> =
+                match directories.get_closures(roots).map_ok(|d| (d.digest(), d)).try_collect().await {
+                    Ok(all) => all,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no listings of present paths; not indexed");
+                        continue;
+                    }
+                };
+            for (base, root) in group {
+                for (digest, rel) in files_below(&all, root) {
+                    self.add(digest, below(base, &rel));
+                }
+            }
         }
     }
 }
@@ -124,10 +132,9 @@ fn below(base: &str, rel: &Path) -> PathBuf {
     if rel.as_os_str().is_empty() { PathBuf::from(base) } else { Path::new(base).join(rel) }
 }
 
-/// Every regular file below a directory, by path relative to it.
-async fn files_below(directories: &dyn DirectoryService, root: &B3Digest) -> castore::Result<Vec<(B3Digest, PathBuf)>> {
-    let all: HashMap<B3Digest, castore::Directory> =
-        directories.get_recursive(root).map_ok(|d| (d.digest(), d)).try_collect().await?;
+/// Every regular file below the directory `root` of the closure `all`, by
+/// path relative to it (at most [`MAX_LISTED`] entries looked at).
+fn files_below(all: &HashMap<B3Digest, castore::Directory>, root: &B3Digest) -> Vec<(B3Digest, PathBuf)> {
     let mut out = Vec::new();
     let mut stack = vec![(*root, PathBuf::new())];
     let mut seen = 0usize;
@@ -146,5 +153,5 @@ async fn files_below(directories: &dyn DirectoryService, root: &B3Digest) -> cas
             }
         }
     }
-    Ok(out)
+    out
 }
