@@ -65,7 +65,7 @@ pub(super) fn remember(file: &File, digest: &B3Digest, size: u64) {
     if !REMEMBERING.load(Ordering::Relaxed) {
         return;
     }
-    let mut value = [0u8; 40];
+    let mut value = [0u8; RECORD_LEN];
     value[..32].copy_from_slice(digest.as_bytes());
     value[32..].copy_from_slice(&size.to_le_bytes());
     // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
@@ -82,10 +82,19 @@ pub(super) fn remember(file: &File, digest: &B3Digest, size: u64) {
 /// owner, root in a Nix store), the trust `nix-store --optimise` puts in
 /// the files it links to.
 pub(super) fn remembered(file: &File, size: u64) -> Option<B3Digest> {
-    let mut value = [0u8; 40];
+    let mut value = [0u8; RECORD_LEN];
     // SAFETY: a descriptor we hold, a NUL-terminated name, a buffer of the length given.
     let n = unsafe { libc::fgetxattr(file.as_raw_fd(), REMEMBERED.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    if n != 40 || value[32..] != size.to_le_bytes() {
+    record_of(&value, n, size)
+}
+
+/// Length of a [`REMEMBERED`] record: the digest, then the size (LE).
+const RECORD_LEN: usize = 40;
+
+/// The digest a record read as `n` bytes of `value` holds for a file of
+/// `size` bytes; `None` for no record, another length or another size.
+fn record_of(value: &[u8; RECORD_LEN], n: isize, size: u64) -> Option<B3Digest> {
+    if n != RECORD_LEN as isize || value[32..] != size.to_le_bytes() {
         return None;
     }
     let digest: [u8; 32] = value[..32].try_into().expect("32 bytes");
@@ -359,7 +368,7 @@ fn link_remembered(
         if u32::from(st.stx_mode) & 0o7777 != mode || st.stx_mtime.tv_sec != 1 {
             return Ok(Remembered::Unfit);
         }
-        let mut value = [0u8; 40];
+        let mut value = [0u8; RECORD_LEN];
         #[repr(C)]
         struct XattrArgs {
             value: u64,
@@ -379,18 +388,13 @@ fn link_remembered(
                 size_of::<XattrArgs>(),
             )
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOSYS) {
-                GETXATTRAT.store(false, Ordering::Relaxed);
-            }
-            return Ok(Remembered::Unknown);
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            GETXATTRAT.store(false, Ordering::Relaxed);
         }
-        if n != 40 || value[32..] != size.to_le_bytes() {
-            return Ok(Remembered::Unknown);
-        }
-        if value[..32] != *digest.as_bytes() {
-            return Ok(Remembered::Wrong);
+        match record_of(&value, n as isize, size) {
+            None => return Ok(Remembered::Unknown),
+            Some(known) if known != *digest => return Ok(Remembered::Wrong),
+            Some(_) => {}
         }
         let to = CString::new(rel.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
         gate.create(|| {
