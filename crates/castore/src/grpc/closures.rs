@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     Transport,
-    server::{MAX_BATCH_DIGESTS, ServerStream, parse_digest},
+    server::{ServerStream, parse_batch},
 };
 use crate::{
     B3Digest, Directory, DirectoryService, Error, Result,
@@ -96,18 +96,7 @@ impl proto::batch::directory_batch_service_server::DirectoryBatchService for Dir
         &self,
         req: Request<proto::batch::GetDirectoriesRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
-        let raw = req.into_inner().root_digests;
-        if raw.len() > MAX_BATCH_DIGESTS {
-            return Err(Status::invalid_argument(format!(
-                "{} roots asked for; at most {MAX_BATCH_DIGESTS} per call",
-                raw.len()
-            )));
-        }
-        let roots = raw
-            .iter()
-            .enumerate()
-            .map(|(i, d)| parse_digest(d, &format!("digest #{i}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let roots = parse_batch(&req.into_inner().root_digests, "roots")?;
         let directories = self.directories.clone();
         let stream = crate::dirsvc::async_stream(move |tx| async move {
             let mut closures = directories.get_closures(roots);

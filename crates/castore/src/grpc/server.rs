@@ -26,7 +26,7 @@ pub const EXPECTED_DIGEST_HEADER: &str = "x-castore-expected-digest";
 
 pub(crate) type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-pub(crate) fn parse_digest(raw: &[u8], what: &str) -> Result<B3Digest, Status> {
+fn parse_digest(raw: &[u8], what: &str) -> Result<B3Digest, Status> {
     B3Digest::try_from(raw).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
@@ -102,7 +102,20 @@ fn at_most(pieces: BoxStream<'static, crate::Result<Bytes>>, max: usize) -> BoxS
         .boxed()
 }
 
-/// Most digests one [`proto::batch::ReadBlobsRequest`] may name.
+/// The digests of a batch call (at most [`MAX_BATCH_DIGESTS`], each
+/// named by its position when malformed); `what` names them in the error.
+pub(crate) fn parse_batch(raw: &[Bytes], what: &str) -> Result<Vec<B3Digest>, Status> {
+    if raw.len() > MAX_BATCH_DIGESTS {
+        return Err(Status::invalid_argument(format!(
+            "{} {what} asked for; at most {MAX_BATCH_DIGESTS} per call",
+            raw.len()
+        )));
+    }
+    raw.iter().enumerate().map(|(i, d)| parse_digest(d, &format!("digest #{i}"))).collect()
+}
+
+/// Most digests one batch call ([`proto::batch::ReadBlobsRequest`],
+/// [`proto::batch::GetDirectoriesRequest`]) may name.
 pub const MAX_BATCH_DIGESTS: usize = 4096;
 /// Blobs of one batch read ahead of the one being sent (each opened and its
 /// first piece read), so small blobs are read while others are sent.
@@ -124,19 +137,7 @@ impl proto::batch::blob_batch_service_server::BlobBatchService for BlobBatchServ
     type ReadStream = ServerStream<proto::batch::BlobPiece>;
 
     async fn read(&self, req: Request<proto::batch::ReadBlobsRequest>) -> Result<Response<Self::ReadStream>, Status> {
-        let req = req.into_inner();
-        if req.digests.len() > MAX_BATCH_DIGESTS {
-            return Err(Status::invalid_argument(format!(
-                "{} digests asked for; at most {MAX_BATCH_DIGESTS} per call",
-                req.digests.len()
-            )));
-        }
-        let digests = req
-            .digests
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| parse_digest(raw, &format!("digest #{i}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let digests = parse_batch(&req.into_inner().digests, "digests")?;
         let blobs = self.blobs.clone();
         let stream = futures::stream::iter(digests.into_iter().zip(0u32..))
             .map(move |(digest, index)| {
