@@ -29,7 +29,12 @@ use crate::{
     blob::{ChunkFetch, ChunkedReader, check_expected, check_whole, checked, copy_out, read_each},
     dirsvc::{MAX_CLOSURE_BYTES, closures_each},
     proto::{
-        self, batch::blob_batch_service_client::BlobBatchServiceClient, blob_service_client::BlobServiceClient,
+        self,
+        batch::{
+            blob_batch_service_client::BlobBatchServiceClient,
+            directory_batch_service_client::DirectoryBatchServiceClient,
+        },
+        blob_service_client::BlobServiceClient,
         directory_service_client::DirectoryServiceClient,
     },
 };
@@ -516,7 +521,7 @@ impl AsyncSeek for StreamingReader {
 #[derive(Clone)]
 pub struct GrpcDirectoryService {
     client: DirectoryServiceClient<Transport>,
-    transport: Transport,
+    batch: DirectoryBatchServiceClient<Transport>,
     /// Cleared once the server turned the batch call down.
     batch_served: Arc<AtomicBool>,
 }
@@ -526,7 +531,8 @@ impl GrpcDirectoryService {
         let client = DirectoryServiceClient::new(transport.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Self { client, transport, batch_served: Arc::new(AtomicBool::new(true)) }
+        let batch = DirectoryBatchServiceClient::new(transport).max_decoding_message_size(MAX_MESSAGE);
+        Self { client, batch, batch_served: Arc::new(AtomicBool::new(true)) }
     }
 }
 
@@ -589,9 +595,9 @@ impl DirectoryService for GrpcDirectoryService {
         if !self.batch_served.load(Ordering::Relaxed) || roots.len() > MAX_BATCH_DIGESTS {
             return closures_each(self, roots);
         }
-        let transport = self.transport.clone();
+        let batch = self.batch.clone();
         futures::stream::once(async move {
-            match closures::get_closures(transport, roots.clone(), MAX_MESSAGE).await? {
+            match closures::get_closures(batch, roots.clone()).await? {
                 Some(stream) => Ok::<_, Error>(stream),
                 None => {
                     tracing::debug!("the server has no batch call for directories; one Get per root");

@@ -114,12 +114,10 @@ impl proto::batch::directory_batch_service_server::DirectoryBatchService for Dir
 /// The closures of `roots` in one call of the batch service, checked as
 /// they arrive; `Ok(None)` when the server has no such call.
 pub(crate) async fn get_closures(
-    transport: Transport,
+    mut client: DirectoryBatchServiceClient<Transport>,
     roots: Vec<B3Digest>,
-    max_message: usize,
 ) -> Result<Option<BoxStream<'static, Result<Directory>>>> {
     let req = proto::batch::GetDirectoriesRequest { root_digests: roots.iter().map(B3Digest::to_bytes).collect() };
-    let mut client = DirectoryBatchServiceClient::new(transport).max_decoding_message_size(max_message);
     let stream = match client.get(req).await {
         Ok(resp) => resp.into_inner(),
         Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
